@@ -1,0 +1,65 @@
+"""Database access shared by the services: asyncpg pools and schema migrations (Alembic)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib import resources
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+from alembic import command
+from alembic.config import Config
+
+_LOGGER = logging.getLogger(__name__)
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    await conn.set_type_codec("json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+@asynccontextmanager
+async def open_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> AsyncIterator[asyncpg.Pool]:
+    """Open an asyncpg pool with JSON codecs; closes it on exit."""
+    pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=_init_connection)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+async def connect(dsn: str, *, timeout: float = 5.0) -> asyncpg.Connection:
+    """Open one connection with the same codecs as the pools."""
+    conn = await asyncpg.connect(dsn, timeout=timeout)
+    await _init_connection(conn)
+    return conn
+
+
+def sqlalchemy_url(dsn: str) -> str:
+    """Turn a libpq-style ``postgresql://`` DSN into SQLAlchemy's asyncpg URL."""
+    parts = urlsplit(dsn)
+    if parts.scheme not in {"postgresql", "postgres"}:
+        raise ValueError(f"expected a postgresql:// DSN, got {parts.scheme!r}")
+    return urlunsplit(parts._replace(scheme="postgresql+asyncpg"))
+
+
+def alembic_config(dsn: str) -> Config:
+    """Alembic configuration pointing at the migrations shipped inside this package."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(resources.files("gasguard") / "migrations"))
+    # ConfigParser interpolates '%'; escape it so URL-encoded passwords survive.
+    cfg.set_main_option("sqlalchemy.url", sqlalchemy_url(dsn).replace("%", "%%"))
+    return cfg
+
+
+async def migrate(dsn: str, revision: str = "head") -> None:
+    """Bring the schema to ``revision``.
+
+    Alembic's async env runs its own event loop, so it runs in a worker thread here.
+    """
+    await asyncio.to_thread(command.upgrade, alembic_config(dsn), revision)
+    _LOGGER.info("database schema at %s", revision)

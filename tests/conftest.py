@@ -1,0 +1,89 @@
+"""Fixtures for tests against the real PostgreSQL and MQTT broker on this machine.
+
+Every test gets its own database (cloned from a migrated template) and its own MQTT topic root, so
+tests never see each other's rows or messages even when several suites run at once.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+from gasguard.db import connect, migrate
+from gasguard.protocol import Topics
+from gasguard.settings import MqttEndpoint
+
+ADMIN_DSN = os.environ.get("GG_TEST_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+MQTT_URL = os.environ.get("GG_TEST_MQTT_URL", "mqtt://127.0.0.1:1883")
+
+
+def dsn_for(database: str) -> str:
+    """The admin DSN pointed at another database on the same server."""
+    parts = urlsplit(ADMIN_DSN)
+    return urlunsplit(parts._replace(path=f"/{database}"))
+
+
+async def _admin(sql: str) -> None:
+    conn = await asyncpg.connect(ADMIN_DSN)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def template_database() -> Iterator[str]:
+    """A migrated database that each test clones."""
+    import asyncio
+
+    name = f"gg_tmpl_{uuid.uuid4().hex[:10]}"
+    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+    asyncio.run(migrate(dsn_for(name)))
+    yield name
+    asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+async def database_url(template_database: str) -> AsyncIterator[str]:
+    """DSN of a fresh, migrated database for this test only."""
+    name = f"gg_t_{uuid.uuid4().hex[:12]}"
+    await _admin(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
+    yield dsn_for(name)
+    await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to this test's database."""
+    conn = await connect(database_url)
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture
+def mqtt_url() -> str:
+    """URL of the shared loopback broker."""
+    return MQTT_URL
+
+
+@pytest.fixture
+def mqtt_endpoint(mqtt_url: str) -> MqttEndpoint:
+    """The shared loopback broker as an endpoint."""
+    return MqttEndpoint.from_url(mqtt_url)
+
+
+@pytest.fixture
+def topic_root(request: pytest.FixtureRequest) -> str:
+    """A topic root unique to this test, so tests never cross-talk on the shared broker."""
+    return f"t-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def topics(topic_root: str) -> Topics:
+    """Protocol topics under this test's root."""
+    return Topics(root=topic_root)
