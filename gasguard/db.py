@@ -32,9 +32,9 @@ async def open_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> Async
         await pool.close()
 
 
-async def connect(dsn: str, *, timeout: float = 5.0) -> asyncpg.Connection:
+async def connect(dsn: str, *, connect_timeout: float = 5.0) -> asyncpg.Connection:
     """Open one connection with the same codecs as the pools."""
-    conn = await asyncpg.connect(dsn, timeout=timeout)
+    conn = await asyncpg.connect(dsn, timeout=connect_timeout)
     await _init_connection(conn)
     return conn
 

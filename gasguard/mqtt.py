@@ -105,7 +105,7 @@ class MqttSession:
                 # A clean disconnect suppresses the last will, so say goodbye ourselves.
                 self.publish(self._announcement.topic, self._announcement.offline, qos=1, retain=True)
             await self._client.disconnect()
-        except Exception:  # noqa: BLE001 - shutting down; the broker's will covers us
+        except Exception:
             self._logger.debug("error while disconnecting %s", self._client_id, exc_info=True)
         finally:
             self._connected.clear()
@@ -152,7 +152,7 @@ class MqttSession:
                 await self._client.connect(self._endpoint.host, self._endpoint.port, version=version, keepalive=30)
             except (OSError, gmqtt.mqtt.handler.MQTTConnectError) as err:
                 attempt += 1
-                delay = random.uniform(0, min(10.0, 0.2 * 2**attempt))  # noqa: S311 - jitter, not crypto
+                delay = random.uniform(0, min(10.0, 0.2 * 2**attempt))
                 if attempt == 1:
                     self._logger.warning(
                         "MQTT broker %s:%s unreachable (%s); retrying", self._endpoint.host, self._endpoint.port, err

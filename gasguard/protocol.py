@@ -167,7 +167,7 @@ class _Message(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    v: Literal[1] = PROTOCOL_VERSION
+    v: Literal[1] = 1
 
 
 class Power(BaseModel):

@@ -6,17 +6,24 @@ tests never see each other's rows or messages even when several suites run at on
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 
+from alerting.templates import TEMPLATES
 from gasguard.db import connect, migrate
 from gasguard.protocol import Topics
 from gasguard.settings import MqttEndpoint
+from gasguard.web import serve_asgi
+from simulator.sms_platform import SmsPlatform
 
 ADMIN_DSN = os.environ.get("GG_TEST_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 MQTT_URL = os.environ.get("GG_TEST_MQTT_URL", "mqtt://127.0.0.1:1883")
@@ -39,8 +46,6 @@ async def _admin(sql: str) -> None:
 @pytest.fixture(scope="session")
 def template_database() -> Iterator[str]:
     """A migrated database that each test clones."""
-    import asyncio
-
     name = f"gg_tmpl_{uuid.uuid4().hex[:10]}"
     asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
     asyncio.run(migrate(dsn_for(name)))
@@ -87,3 +92,42 @@ def topic_root(request: pytest.FixtureRequest) -> str:
 def topics(topic_root: str) -> Topics:
     """Protocol topics under this test's root."""
     return Topics(root=topic_root)
+
+SMS_KEY_ID = "test-key"
+SMS_KEY_SECRET = "test-secret"
+
+
+@dataclass
+class SmsSandbox:
+    """The local SMS provider stand-in, listening on loopback."""
+
+    platform: SmsPlatform
+    url: str
+    key_id: str = SMS_KEY_ID
+    key_secret: str = SMS_KEY_SECRET
+
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+async def sms_sandbox() -> AsyncIterator[SmsSandbox]:
+    """An Aliyun-style SMS API on a loopback port, recording what it receives."""
+    platform = SmsPlatform(
+        keys={SMS_KEY_ID: SMS_KEY_SECRET},
+        sign_names=frozenset({"乌审中燃"}),
+        templates={t.code: t.text for t in TEMPLATES.values()},
+    )
+    port = free_port()
+    ready = asyncio.Event()
+    task = asyncio.create_task(serve_asgi(platform.app(), host="127.0.0.1", port=port, ready=ready))
+    await asyncio.wait_for(ready.wait(), 10)
+    yield SmsSandbox(platform=platform, url=f"http://127.0.0.1:{port}/")
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

@@ -1,0 +1,256 @@
+"""The alarm path: alarm event -> close command on the wire -> records for the database, in that order.
+
+Nothing here awaits I/O on the way from an alarm to the close command: the directory is in memory,
+the command is handed straight to the MQTT connection, and the database records go to the recorder's
+queue afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime
+
+from pydantic import ValidationError
+
+from alerting import rules
+from alerting.commands import CommandTracker, InflightClose
+from alerting.directory import DirectoryKeeper
+from alerting.recorder import Recorder
+from alerting.records import (
+    AlarmRecorded,
+    CommandAcked,
+    CommandResent,
+    Rejected,
+    SentCommand,
+    ValveNotClosed,
+    ValveReported,
+)
+from alerting.settings import AlertingSettings
+from gasguard.clock import utcnow
+from gasguard.protocol import (
+    QOS,
+    AlarmEvent,
+    Channel,
+    CommandAck,
+    CommandResult,
+    TopicError,
+    Topics,
+    ValvePosition,
+    decode_event,
+    encode,
+    new_close_command,
+)
+
+_LOGGER = logging.getLogger(__name__)
+
+Publish = Callable[[str, bytes], None]
+
+
+class Engine:
+    """Turns device events into valve commands and records."""
+
+    def __init__(
+        self,
+        settings: AlertingSettings,
+        *,
+        topics: Topics,
+        directory: DirectoryKeeper,
+        recorder: Recorder,
+        publish: Publish,
+        clock: Callable[[], datetime] = utcnow,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._settings = settings
+        self._topics = topics
+        self._directory = directory
+        self._recorder = recorder
+        self._publish = publish
+        self._clock = clock
+        self._monotonic = monotonic
+        self.tracker = CommandTracker(
+            ack_timeout_s=settings.ack_timeout_s, resend_max_interval_s=settings.resend_max_interval_s
+        )
+        self._warned_unknown: set[str] = set()
+        self.alarms_handled = 0
+        self.commands_sent = 0
+
+    def subscriptions(self) -> list[tuple[str, int]]:
+        """Topics the engine needs: events and command replies only, never the telemetry firehose."""
+        return [
+            (self._topics.all_devices(channel), QOS[channel])
+            for channel in (Channel.EVENT, Channel.COMMAND_ACK, Channel.COMMAND_RESULT)
+        ]
+
+    async def handle(self, topic: str, payload: bytes) -> None:
+        """MQTT message handler."""
+        self.on_message(topic, payload)
+
+    def on_message(self, topic: str, payload: bytes) -> None:
+        """Dispatch one message; synchronous so nothing can interleave within the alarm path."""
+        try:
+            parsed = self._topics.parse(topic)
+        except TopicError:
+            return  # ingest dead-letters topics outside the protocol
+        match parsed.channel:
+            case Channel.EVENT:
+                self._on_event(parsed.device_id, payload)
+            case Channel.COMMAND_ACK:
+                self._on_ack(topic, parsed.device_id, payload)
+            case Channel.COMMAND_RESULT:
+                self._on_result(topic, parsed.device_id, payload)
+            case _:
+                return
+
+    def _on_event(self, device_id: str, payload: bytes) -> None:
+        try:
+            event = decode_event(payload)
+        except ValidationError:
+            return  # ingest stores it as a dead letter with the validation error
+        if isinstance(event, AlarmEvent):
+            self._on_alarm(device_id, event)
+        else:
+            self._on_valve_position(device_id, event.position, self._clock())
+
+    def _on_alarm(self, alarm_id: str, event: AlarmEvent) -> None:
+        received_at = self._clock()
+        entry = self._directory.current.alarms.get(alarm_id)
+        actions = rules.on_alarm_event(event, entry, self.tracker.state)
+        sent: list[SentCommand] = []
+        now = self._monotonic()
+        for action in actions:
+            match action:
+                case rules.CloseValve(valve_id=valve_id):
+                    sent.append(self._send_close(valve_id, now))
+                case rules.OpenIncident(household_id=household_id, severity=severity):
+                    self.alarms_handled += 1
+                    self._recorder.submit(
+                        AlarmRecorded(
+                            alarm_id=alarm_id,
+                            household_id=household_id,
+                            severity=severity,
+                            alarm_state=event.state.value,
+                            lel=event.lel,
+                            device_ts=event.ts,
+                            received_at=received_at,
+                            commands=tuple(sent),
+                            resident_sms_hold_s=self._settings.resident_sms_hold_s,
+                            hotline=self._settings.hotline,
+                        )
+                    )
+                case rules.RejectEvent(reason=reason):
+                    if alarm_id not in self._warned_unknown:
+                        self._warned_unknown.add(alarm_id)
+                        _LOGGER.warning("alarm from %s ignored: %s", alarm_id, reason)
+
+    def _send_close(self, valve_id: str, now: float) -> SentCommand:
+        valve = self._directory.current.valves.get(valve_id)
+        confirm_timeout = (
+            valve.close_confirm_timeout_s
+            if valve is not None and valve.close_confirm_timeout_s
+            else self._settings.default_close_confirm_timeout_s
+        )
+        issued_at = self._clock()
+        command = new_close_command(issued_at, self._settings.command_ttl_s)
+        self._publish(self._topics.device(valve_id, Channel.COMMAND), encode(command))
+        self.commands_sent += 1
+        household_id = valve.household_id if valve is not None else -1
+        self.tracker.start(
+            command=command,
+            valve_id=valve_id,
+            household_id=household_id,
+            now=now,
+            confirm_timeout_s=confirm_timeout,
+            ttl_s=self._settings.command_ttl_s,
+        )
+        return SentCommand(cmd_id=command.cmd_id, valve_id=valve_id, issued_at=issued_at, expires_at=command.expires_at)
+
+    def _on_ack(self, topic: str, device_id: str, payload: bytes) -> None:
+        try:
+            ack = CommandAck.model_validate_json(payload)
+        except ValidationError as err:
+            self._reject(topic, device_id, payload, f"malformed command ack: {err.errors()[0]['msg']}")
+            return
+        track = self.tracker.on_ack(ack.cmd_id, accepted=ack.accepted)
+        if track is None:
+            return
+        at = self._clock()
+        self._recorder.submit(CommandAcked(cmd_id=ack.cmd_id, accepted=ack.accepted, at=at))
+        if not ack.accepted:
+            self._escalate(track, f"device refused the command: {ack.reason or 'no reason given'}", at)
+
+    def _on_result(self, topic: str, device_id: str, payload: bytes) -> None:
+        try:
+            result = CommandResult.model_validate_json(payload)
+        except ValidationError as err:
+            self._reject(topic, device_id, payload, f"malformed command result: {err.errors()[0]['msg']}")
+            return
+        position = result.position or (None if result.ok else ValvePosition.FAULT)
+        if position is not None:
+            self._on_valve_position(device_id, position, self._clock())
+
+    def _on_valve_position(self, valve_id: str, position: ValvePosition, at: datetime) -> None:
+        valve = self._directory.current.valves.get(valve_id)
+        if valve is None:
+            return
+        settled = self.tracker.on_position(valve_id, position)
+        if position is ValvePosition.CLOSING and settled is None:
+            return
+        self._recorder.submit(
+            ValveReported(
+                valve_id=valve_id,
+                household_id=valve.household_id,
+                position=position.value,
+                cmd_id=settled.command.cmd_id if settled is not None else None,
+                at=at,
+            )
+        )
+        if position is ValvePosition.FAULT and settled is not None and not settled.escalated:
+            self._escalate(settled, "valve reported a fault", at)
+
+    def _escalate(self, track: InflightClose, reason: str, at: datetime) -> None:
+        track.escalated = True
+        _LOGGER.error("valve %s did not close: %s", track.valve_id, reason)
+        valve = self._directory.current.valves.get(track.valve_id)
+        timeout = (
+            valve.close_confirm_timeout_s
+            if valve is not None and valve.close_confirm_timeout_s
+            else self._settings.default_close_confirm_timeout_s
+        )
+        self._recorder.submit(
+            ValveNotClosed(
+                valve_id=track.valve_id,
+                household_id=track.household_id,
+                cmd_id=track.command.cmd_id,
+                timeout_s=timeout,
+                reason=reason,
+                at=at,
+                operator_phones=tuple(self._settings.duty_operator_phones),
+            )
+        )
+
+    def _reject(self, topic: str, device_id: str, payload: bytes, reason: str) -> None:
+        self._recorder.submit(
+            Rejected(topic=topic, device_id=device_id, reason=reason, payload=payload, at=self._clock())
+        )
+
+    def tick(self) -> None:
+        """Fire due timers: resend unanswered commands, escalate unconfirmed ones."""
+        due = self.tracker.due(self._monotonic())
+        for track in due.resend:
+            self._publish(self._topics.device(track.valve_id, Channel.COMMAND), encode(track.command))
+            self._recorder.submit(
+                CommandResent(cmd_id=track.command.cmd_id, attempt=track.attempts, sent_at=self._clock())
+            )
+        for track in due.not_confirmed:
+            self._escalate(track, "no closed report within the confirmation timeout", self._clock())
+        for track in due.expired:
+            _LOGGER.error("close command %s to %s expired unconfirmed", track.command.cmd_id, track.valve_id)
+
+    async def timer_loop(self, interval_s: float = 0.1) -> None:
+        """Run `tick` forever."""
+        while True:
+            await asyncio.sleep(interval_s)
+            self.tick()

@@ -1,0 +1,164 @@
+"""Applies alerting's records to PostgreSQL in order, journaling them to disk while it is unreachable.
+
+The alarm path only calls `Recorder.submit`, which never blocks and never touches the database. This
+task owns the only connection that writes records. While the database is away, records accumulate in
+an fsync'ed journal file, so neither the outage nor a restart during it loses an incident; when the
+database returns, the journal is replayed in order (records are idempotent, so a replay after a crash
+half-way through is harmless) and then truncated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+from collections import deque
+from pathlib import Path
+
+import asyncpg
+
+from alerting.records import RECORD_ADAPTER, Record, Rejected, apply
+from gasguard.clock import utcnow
+from gasguard.db import connect
+
+_LOGGER = logging.getLogger(__name__)
+
+TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.SerializationError,
+    asyncpg.exceptions.DeadlockDetectedError,
+)
+
+
+class Journal:
+    """An append-only, fsync'ed file of records not yet in the database."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def load(self) -> list[Record]:
+        """Records left by a previous run (a torn last line from a crash is skipped)."""
+        if not self._path.exists():
+            return []
+        records: list[Record] = []
+        for number, line in enumerate(self._path.read_bytes().splitlines(), start=1):
+            try:
+                records.append(RECORD_ADAPTER.validate_json(line))
+            except ValueError:
+                _LOGGER.warning("journal %s line %d is unreadable; skipped", self._path, number)
+        return records
+
+    def append(self, records: list[Record]) -> None:
+        """Persist records durably before the caller forgets them."""
+        data = b"".join(RECORD_ADAPTER.dump_json(r) + b"\n" for r in records)
+        with self._path.open("ab") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def clear(self) -> None:
+        """Forget everything: it is all in the database now."""
+        with contextlib.suppress(FileNotFoundError):
+            self._path.unlink()
+
+
+class Recorder:
+    """Single writer of alerting records."""
+
+    def __init__(self, dsn: str, *, journal_path: Path) -> None:
+        self._dsn = dsn
+        self._journal = Journal(journal_path)
+        self._queue: asyncio.Queue[Record] = asyncio.Queue()
+        self._backlog: deque[Record] = deque()
+        self._conn: asyncpg.Connection | None = None
+        self._outage = False
+        self.applied = 0
+        self.idle = asyncio.Event()
+
+    def submit(self, record: Record) -> None:
+        """Queue a record; returns at once (the alarm path calls this)."""
+        self.idle.clear()
+        self._queue.put_nowait(record)
+
+    @property
+    def pending(self) -> int:
+        """Records not yet in the database."""
+        return len(self._backlog) + self._queue.qsize()
+
+    async def run_loop(self) -> None:
+        """Apply records forever; survive database outages without losing any."""
+        self._backlog.extend(self._journal.load())
+        if self._backlog:
+            _LOGGER.info("replaying %d journaled records", len(self._backlog))
+        try:
+            while True:
+                if not self._backlog and self._queue.empty():
+                    self.idle.set()
+                record = self._backlog[0] if self._backlog else await self._queue.get()
+                from_backlog = bool(self._backlog)
+                try:
+                    await self._apply(record)
+                except TRANSIENT_DB_ERRORS as err:
+                    if not from_backlog:
+                        self._backlog.append(record)
+                        self._journal.append([record])
+                    await self._on_outage(err)
+                    continue
+                if from_backlog:
+                    self._backlog.popleft()
+                    if not self._backlog:
+                        self._journal.clear()
+                self.applied += 1
+        finally:
+            if self._conn is not None:
+                with contextlib.suppress(Exception):
+                    await self._conn.close()
+
+    async def _apply(self, record: Record) -> None:
+        if self._conn is None or self._conn.is_closed():
+            self._conn = await connect(self._dsn)
+        try:
+            await apply(self._conn, record)
+        except TRANSIENT_DB_ERRORS:
+            with contextlib.suppress(Exception):
+                await self._conn.close()
+            self._conn = None
+            raise
+        except asyncpg.PostgresError as err:
+            # A record the database refuses (a bug or a deleted household) must not block the ones
+            # behind it; keep it as a dead letter with the reason instead.
+            _LOGGER.exception("record %s refused by the database", record.op)
+            await apply(
+                self._conn,
+                Rejected(
+                    topic="alerting/record",
+                    device_id=None,
+                    reason=f"record refused: {type(err).__name__}: {err}"[:500],
+                    payload=RECORD_ADAPTER.dump_json(record),
+                    at=utcnow(),
+                ),
+            )
+        if self._outage:
+            _LOGGER.info("database reachable again; %d records waiting", self.pending)
+            self._outage = False
+
+    async def _on_outage(self, err: BaseException) -> None:
+        if not self._outage:
+            _LOGGER.warning("database unreachable (%s); journaling records until it returns", err)
+            self._outage = True
+        # Move everything queued so far into the durable journal while we wait.
+        moved: list[Record] = []
+        while not self._queue.empty():
+            moved.append(self._queue.get_nowait())
+        if moved:
+            self._backlog.extend(moved)
+            self._journal.append(moved)
+        await asyncio.sleep(random.uniform(0.2, 1.0))

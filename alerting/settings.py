@@ -1,0 +1,47 @@
+"""Settings of the alerting service."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr, field_validator
+
+from gasguard.settings import CommonSettings
+
+
+class AlertingSettings(CommonSettings):
+    """Alerting service settings (``GG_*`` environment variables)."""
+
+    client_id: str = "gasguard-alerting"
+    #: Resend a close command if the device has not acknowledged it within this many seconds.
+    ack_timeout_s: float = Field(default=2.0, gt=0)
+    #: Longest gap between resends once the device is slow to answer.
+    resend_max_interval_s: float = Field(default=60.0, gt=0)
+    #: Used only when the valve's model has no close-confirmation timeout in the catalogue.
+    default_close_confirm_timeout_s: float = Field(default=30.0, gt=0)
+    #: How long a close command stays worth delivering (NB-IoT devices may sleep for hours).
+    command_ttl_s: float = Field(default=6 * 3600.0, gt=0)
+    #: The resident's SMS waits for the valve's own "closed" report at most this long, so its text
+    #: can say the valve is closed; it goes out at once when the report arrives.
+    resident_sms_hold_s: float = Field(default=10.0, ge=0)
+    #: Reload the device directory at least this often, besides LISTEN/NOTIFY.
+    directory_refresh_s: float = Field(default=300.0, gt=0)
+    #: Directory for the journal of records waiting for the database.
+    spool_dir: str = "var/alerting-spool"
+
+    #: Template-SMS provider (Aliyun dysmsapi style).
+    sms_endpoint: str = "http://127.0.0.1:8086/"
+    sms_access_key_id: str = "gasguard-demo"
+    sms_access_key_secret: SecretStr = SecretStr("gasguard-demo-secret")
+    sms_sign_name: str = "乌审中燃"
+    sms_max_attempts: int = Field(default=5, ge=1)
+    #: The number residents are told to call from outside (gas company hotline).
+    hotline: str = "0477-7212345"
+    #: Duty operators texted when a valve does not confirm closing.
+    duty_operator_phones: list[str] = Field(default_factory=list)
+
+    @field_validator("duty_operator_phones")
+    @classmethod
+    def _phones_are_mobile_numbers(cls, value: list[str]) -> list[str]:
+        for phone in value:
+            if not (len(phone) == 11 and phone.isdigit() and phone[0] == "1"):
+                raise ValueError(f"not a mainland mobile number: {phone!r}")
+        return value

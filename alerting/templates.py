@@ -1,0 +1,70 @@
+"""SMS templates (zh-CN). Each renders to at most 70 characters including the 【signature】.
+
+A message over 70 characters is split into 67-character parts that may arrive out of order, so the
+limit is checked here for the longest values a parameter can take. Templates never tell a resident to
+reopen a valve: reopening is an on-site job for the gas company (domain §1.3, §3.3).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+COUNTY_TZ = ZoneInfo("Asia/Shanghai")
+SMS_MAX_CHARS = 70
+_PLACEHOLDER = re.compile(r"\$\{(\w+)\}")
+
+
+def county_time(at: datetime) -> str:
+    """``MM-DD HH:MM`` in the county's time zone, as residents read it."""
+    return at.astimezone(COUNTY_TZ).strftime("%m-%d %H:%M")
+
+
+@dataclass(frozen=True, slots=True)
+class SmsTemplate:
+    """An approved template: the provider's code, the text with ``${name}`` placeholders, and limits."""
+
+    code: str
+    text: str
+    #: Longest value each parameter may take; rendering refuses longer values.
+    max_param_chars: dict[str, int]
+
+    @property
+    def params(self) -> frozenset[str]:
+        """Names of the placeholders in the text."""
+        return frozenset(_PLACEHOLDER.findall(self.text))
+
+    def render(self, params: dict[str, str], *, sign_name: str) -> str:
+        """The message as the handset shows it, signature first."""
+        missing = self.params - params.keys()
+        if missing:
+            raise ValueError(f"template {self.code} is missing {sorted(missing)}")
+        for name in self.params:
+            if len(params[name]) > self.max_param_chars[name]:
+                raise ValueError(f"template {self.code}: {name} longer than {self.max_param_chars[name]}")
+        body = _PLACEHOLDER.sub(lambda m: params[m.group(1)], self.text)
+        return f"【{sign_name}】{body}"
+
+    def longest(self, *, sign_name: str) -> int:
+        """Length of the longest message this template can produce."""
+        return len(self.render({n: "字" * self.max_param_chars[n] for n in self.params}, sign_name=sign_name))
+
+
+ALARM_RESIDENT = SmsTemplate(
+    code="SMS_GG_ALARM_RESIDENT",
+    text="您家燃气报警器${time}报警，切断阀${valve}。请开窗通风，勿开关电器、勿动明火，到室外拨打${hotline}。",
+    max_param_chars={"time": 11, "valve": 4, "hotline": 12},
+)
+
+VALVE_NOT_CLOSED_OPERATOR = SmsTemplate(
+    code="SMS_GG_VALVE_NOT_CLOSED",
+    text="紧急：${place}切断阀未确认关闭，报警${time}。请立即电话联系住户并派员处置。",
+    max_param_chars={"place": 22, "time": 11},
+)
+
+TEMPLATES: dict[str, SmsTemplate] = {t.code: t for t in (ALARM_RESIDENT, VALVE_NOT_CLOSED_OPERATOR)}
+
+VALVE_CLOSED_TEXT = "已关闭"
+VALVE_CLOSING_TEXT = "正在关闭"
