@@ -16,7 +16,13 @@ import asyncpg
 
 from alerting.recorder import TRANSIENT_DB_ERRORS
 from alerting.sms import SmsProvider, SmsRejected, SmsUnavailable
-from alerting.templates import ALARM_RESIDENT, TEMPLATES, VALVE_CLOSED_TEXT, VALVE_CLOSING_TEXT
+from alerting.templates import (
+    ALARM_RESIDENT,
+    TEMPLATES,
+    VALVE_CLOSED_TEXT,
+    VALVE_CLOSING_TEXT,
+    VALVE_UNCONFIRMED_TEXT,
+)
 from gasguard.db import connect
 
 _LOGGER = logging.getLogger(__name__)
@@ -31,7 +37,9 @@ FROM (SELECT id FROM notification_outbox
       ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) due
 WHERE o.id = due.id
 RETURNING o.id, o.incident_id, o.recipient, o.template, o.params, o.attempts,
-          (SELECT i.valve_closed_at IS NOT NULL FROM incident i WHERE i.id = o.incident_id) AS valve_closed
+          (SELECT i.valve_closed_at IS NOT NULL FROM incident i WHERE i.id = o.incident_id) AS valve_closed,
+          EXISTS (SELECT 1 FROM incident i JOIN incident v ON v.household_id = i.household_id
+                  WHERE i.id = o.incident_id AND v.kind = 'valve_not_closed' AND v.state <> 'CLOSED') AS valve_failed
 """
 
 
@@ -46,11 +54,16 @@ class Job:
     attempts: int
 
 
-def job_params(template: str, stored: dict[str, Any], *, valve_closed: bool) -> dict[str, str]:
+def job_params(template: str, stored: dict[str, Any], *, valve_closed: bool, valve_failed: bool) -> dict[str, str]:
     """Template parameters as sent; the resident's valve wording reflects the valve's own report."""
     params = {k: str(v) for k, v in stored.items()}
     if template == ALARM_RESIDENT.code:
-        params["valve"] = VALVE_CLOSED_TEXT if valve_closed else VALVE_CLOSING_TEXT
+        if valve_closed:
+            params["valve"] = VALVE_CLOSED_TEXT
+        elif valve_failed:
+            params["valve"] = VALVE_UNCONFIRMED_TEXT
+        else:
+            params["valve"] = VALVE_CLOSING_TEXT
     return params
 
 
@@ -117,7 +130,9 @@ class Notifier:
                 id=r["id"],
                 recipient=r["recipient"],
                 template=r["template"],
-                params=job_params(r["template"], r["params"], valve_closed=bool(r["valve_closed"])),
+                params=job_params(
+                    r["template"], r["params"], valve_closed=bool(r["valve_closed"]), valve_failed=r["valve_failed"]
+                ),
                 attempts=r["attempts"],
             )
             for r in rows

@@ -263,10 +263,18 @@ async def _apply_valve(conn: asyncpg.Connection, r: ValveReported) -> None:
         return
     await _timeline(conn, incident_id, "valve_closed", {"valve_id": r.valve_id, "reported_at": r.at.isoformat()})
     # The resident's SMS was held for this report; release it now.
+    await _release_resident_sms(conn, household_id=r.household_id)
+
+
+async def _release_resident_sms(conn: asyncpg.Connection, *, household_id: int) -> None:
     released = await conn.execute(
-        "UPDATE notification_outbox SET next_attempt_at = now() WHERE incident_id = $1 AND status = 'pending'"
-        " AND recipient_role = 'resident' AND next_attempt_at > now()",
-        incident_id,
+        """
+        UPDATE notification_outbox o SET next_attempt_at = now()
+        FROM incident i
+        WHERE o.incident_id = i.id AND i.household_id = $1 AND i.kind = 'gas_alarm' AND i.state <> 'CLOSED'
+          AND o.status = 'pending' AND o.recipient_role = 'resident' AND o.next_attempt_at > now()
+        """,
+        household_id,
     )
     if released != "UPDATE 0":
         await conn.execute("SELECT pg_notify('gg_outbox', '')")
@@ -287,6 +295,8 @@ async def _apply_not_closed(conn: asyncpg.Connection, r: ValveNotClosed) -> None
         r.household_id,
         r.cmd_id,
     )
+    # The resident's SMS was held for the valve's report; it goes now, saying the close is unconfirmed.
+    await _release_resident_sms(conn, household_id=r.household_id)
     if incident_id is None:
         return
     await _timeline(

@@ -54,8 +54,8 @@ class SmsTemplate:
 
 ALARM_RESIDENT = SmsTemplate(
     code="SMS_GG_ALARM_RESIDENT",
-    text="您家燃气报警器${time}报警，切断阀${valve}。请开窗通风，勿开关电器、勿动明火，到室外拨打${hotline}。",
-    max_param_chars={"time": 11, "valve": 4, "hotline": 12},
+    text="您家燃气报警器${time}报警，切断阀${valve}。请开窗通风，勿开关电器、勿动明火，到室外拨打${hotline}",
+    max_param_chars={"time": 11, "valve": 5, "hotline": 12},
 )
 
 VALVE_NOT_CLOSED_OPERATOR = SmsTemplate(
@@ -68,3 +68,4 @@ TEMPLATES: dict[str, SmsTemplate] = {t.code: t for t in (ALARM_RESIDENT, VALVE_N
 
 VALVE_CLOSED_TEXT = "已关闭"
 VALVE_CLOSING_TEXT = "正在关闭"
+VALVE_UNCONFIRMED_TEXT = "未确认关闭"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -72,6 +73,8 @@ class MqttSession:
         self._client: Any = None
         self._lock = asyncio.Lock()
         self._connected = asyncio.Event()
+        self._backlog: deque[tuple[str, bytes, int, bool]] = deque()
+        self._drainer: asyncio.Task[None] | None = None
 
     @property
     def connected(self) -> bool:
@@ -101,9 +104,15 @@ class MqttSession:
         tb: TracebackType | None,
     ) -> None:
         try:
+            if self._drainer is not None:
+                # Hand over what is still waiting for the window before saying goodbye.
+                if self.connected:
+                    await asyncio.wait({self._drainer}, timeout=5)
+                self._drainer.cancel()
             if self._announcement is not None and self.connected:
                 # A clean disconnect suppresses the last will, so say goodbye ourselves.
                 self.publish(self._announcement.topic, self._announcement.offline, qos=1, retain=True)
+            self._connected.clear()
             await self._client.disconnect()
         except Exception:
             self._logger.debug("error while disconnecting %s", self._client_id, exc_info=True)
@@ -113,10 +122,39 @@ class MqttSession:
             self._lock.release()
 
     def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
-        """Queue a message on the connection (or in gmqtt's resend queue while reconnecting)."""
+        """Send a message now, or queue it in order while the broker's in-flight window is full.
+
+        MQTT 5 brokers announce a receive maximum (Mosquitto's default is 20 unacknowledged QoS 1
+        messages per client); gmqtt refuses to exceed it by raising, so excess messages wait in a
+        local backlog that drains as acknowledgements free the window. Nothing is dropped.
+        """
         if self._client is None:
             raise RuntimeError("MqttSession is not open")
-        self._client.publish(topic, payload, qos=qos, retain=retain)
+        if not self._backlog:
+            try:
+                self._client.publish(topic, payload, qos=qos, retain=retain)
+            except OverflowError:
+                pass
+            else:
+                return
+        self._backlog.append((topic, payload, qos, retain))
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.create_task(self._drain_backlog(), name=f"mqtt[{self._client_id}].drain_loop")
+
+    @property
+    def backlog(self) -> int:
+        """Messages waiting for the broker's in-flight window."""
+        return len(self._backlog)
+
+    async def _drain_backlog(self) -> None:
+        while self._backlog and self._client is not None:
+            topic, payload, qos, retain = self._backlog[0]
+            try:
+                self._client.publish(topic, payload, qos=qos, retain=retain)
+            except OverflowError:
+                await asyncio.sleep(0.001)
+                continue
+            self._backlog.popleft()
 
     def _build_client(self) -> Any:
         properties: dict[str, Any] = {}

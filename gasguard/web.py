@@ -31,9 +31,10 @@ async def serve_asgi(app: ASGIApp, *, host: str, port: int, ready: asyncio.Event
             await asyncio.sleep(0.01)
         if ready is not None:
             ready.set()
-        await task
+        await asyncio.shield(task)
     finally:
+        # Cancelled (or failed): let uvicorn run its lifespan shutdown instead of tearing it apart.
         server.should_exit = True
+        await asyncio.wait({task}, timeout=5)
         if not task.done():
-            await asyncio.wait({task}, timeout=5)
             task.cancel()
