@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -23,9 +24,14 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 
 
 @asynccontextmanager
-async def open_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> AsyncIterator[asyncpg.Pool]:
-    """Open an asyncpg pool with JSON codecs; closes it on exit."""
-    pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=_init_connection)
+async def open_pool(
+    dsn: str, *, min_size: int = 1, max_size: int = 10, **connect_kwargs: Any
+) -> AsyncIterator[asyncpg.Pool]:
+    """Open an asyncpg pool with JSON codecs; closes it on exit.
+
+    ``connect_kwargs`` go to `asyncpg.create_pool` (``command_timeout``, ``server_settings``, …).
+    """
+    pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=_init_connection, **connect_kwargs)
     try:
         yield pool
     finally:

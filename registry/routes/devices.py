@@ -1,0 +1,74 @@
+"""Installed devices with their computed end of service life."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Path, Query, status
+from pydantic import TypeAdapter
+
+from gasguard.protocol import DEVICE_ID_PATTERN
+from registry import queries
+from registry.deps import (
+    DEFAULT_LIMIT,
+    BigIntId,
+    ConnDep,
+    CursorCodec,
+    CursorQuery,
+    DeviceId,
+    LimitQuery,
+    TodayDep,
+)
+from registry.models import DeviceDetailPublic, DeviceKind, DevicePublic, DevicesPublic, LinkPublic
+
+router = APIRouter(prefix="/devices", tags=["devices"])
+
+_CURSOR = CursorCodec(TypeAdapter(tuple[DeviceId]))
+
+
+@router.get("")
+async def read_devices(
+    conn: ConnDep,
+    today: TodayDep,
+    limit: LimitQuery = DEFAULT_LIMIT,
+    cursor: CursorQuery = None,
+    kind: DeviceKind | None = None,
+    household_id: Annotated[BigIntId | None, Query(description="Only this household's devices.")] = None,
+) -> DevicesPublic:
+    """List devices in id order."""
+    after = _CURSOR.decode(cursor)
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        total = await queries.count_devices(conn=conn, kind=kind, household_id=household_id)
+        rows = await queries.list_devices(
+            conn=conn,
+            limit=limit + 1,
+            after=None if after is None else after[0],
+            kind=kind,
+            household_id=household_id,
+        )
+    page, next_cursor = _CURSOR.page(rows, limit=limit, key=lambda row: (row["id"],))
+    return DevicesPublic(
+        items=[DevicePublic.from_record(row, today=today) for row in page],
+        total=total,
+        limit=limit,
+        next_cursor=next_cursor,
+    )
+
+
+@router.get("/{device_id}", responses={status.HTTP_404_NOT_FOUND: {"description": "No such device."}})
+async def read_device(
+    conn: ConnDep,
+    today: TodayDep,
+    device_id: Annotated[str, Path(pattern=DEVICE_ID_PATTERN, description="Device id.")],
+) -> DeviceDetailPublic:
+    """Get one device with the alarm→valve links it takes part in."""
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        row = await queries.get_device(conn=conn, device_id=device_id)
+        if row is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"device {device_id!r} not found")
+        links = await queries.list_device_links(conn=conn, device_id=device_id)
+    device = DevicePublic.from_record(row, today=today)
+    return DeviceDetailPublic(
+        **dict(device),
+        links=[LinkPublic(alarm_id=link["alarm_id"], valve_id=link["valve_id"]) for link in links],
+    )
