@@ -7,6 +7,9 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable
 
+# Libraries that narrate every request or connection at INFO; their warnings still show.
+_CHATTY_LOGGERS = ("httpx", "gmqtt", "pgserver", "amqtt", "transitions", "uvicorn.access")
+
 
 def configure_logging(level: str = "INFO") -> None:
     """Log to stderr with timestamps; one call per process."""
@@ -14,6 +17,9 @@ def configure_logging(level: str = "INFO") -> None:
         level=level.upper(),
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
     )
+    if logging.getLogger().level > logging.DEBUG:
+        for name in _CHATTY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def run(main: Callable[[], Awaitable[None]], *, log_level: str = "INFO") -> None:
