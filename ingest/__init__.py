@@ -1,1 +1,7 @@
-"""ingest."""
+"""Ingest: the telemetry stream into PostgreSQL, acknowledged only once durable; nothing is lost."""
+
+from ingest.service import Ingest, run
+from ingest.settings import IngestSettings
+from ingest.stats import IngestStats
+
+__all__ = ["Ingest", "IngestSettings", "IngestStats", "run"]

@@ -1,0 +1,246 @@
+"""The ingest service: every message under the topic root into PostgreSQL, acknowledged only once durable.
+
+Data flow, all in one event loop::
+
+    MQTT handler (one gmqtt task per message)
+      -> Classifier (topic, registry, payload)        pure; bad input becomes a dead-letter row
+      -> Batcher (size / age)                         the handler awaits its batch's future
+      -> write loop -> DurableSink                    COPY into PostgreSQL, or the fsynced spool
+      -> future resolved -> handler returns -> gmqtt sends PUBACK
+
+Because the PUBACK follows durability and the MQTT session is persistent under a fixed client id,
+a crash or restart at any point makes the broker redeliver what was not yet durable; the unique keys
+turn those repeats into no-ops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+
+from gasguard.clock import utcnow
+from gasguard.mqtt import MqttSession
+from gasguard.protocol import QOS, Channel, Topics
+from ingest.batcher import Batcher
+from ingest.classify import Classifier, SeqTracker, ToDeadLetter, ToEvent, ToTelemetry
+from ingest.devices import KnownDevices
+from ingest.rows import dead_letter_row
+from ingest.settings import IngestSettings
+from ingest.sink import DurableSink
+from ingest.spool import Spool
+from ingest.stats import Counters, IngestStats
+from ingest.writer import DatabaseWriter
+
+_LOGGER = logging.getLogger(__name__)
+
+# After the last durable batch resolves, its handlers still have to return (one loop iteration) and
+# gmqtt's done-callback has to write their PUBACKs (one more); a few extra for margin.
+_ACK_ITERATIONS = 4
+
+
+class Ingest:
+    """One ingest worker. Start it with `run`; read its counters with `stats`.
+
+    Example (a benchmark or the all-in-one demo)::
+
+        ingest = Ingest(settings)
+        ready = asyncio.Event()
+        task = asyncio.create_task(ingest.run(ready=ready))
+        await ready.wait()          # subscribed; messages published now are taken
+        ...
+        print(ingest.stats().rows_written)
+        task.cancel()
+    """
+
+    def __init__(self, settings: IngestSettings) -> None:
+        self.settings = settings
+        dsn = settings.dsn()
+        spool_dir = Path(settings.spool_dir)
+        self._topics = Topics(settings.topic_root)
+        self._devices = KnownDevices(
+            dsn,
+            refresh_s=settings.directory_refresh_s,
+            snapshot=spool_dir / "devices.json",
+            connect_timeout_s=settings.db_connect_timeout_s,
+            retry_s=min(1.0, settings.db_retry_max_s),
+        )
+        self._classifier = Classifier(self._topics, self._devices)
+        self._seq = SeqTracker()
+        self._counters = Counters()
+        self._batcher = Batcher(
+            max_size=settings.batch_size, max_age_s=settings.batch_max_age_s, max_merge=settings.write_max_rows
+        )
+        self._spool = Spool(spool_dir, max_bytes=settings.spool_max_bytes, segment_bytes=settings.spool_segment_bytes)
+        timeouts = {
+            "connect_timeout_s": settings.db_connect_timeout_s,
+            "command_timeout_s": settings.db_command_timeout_s,
+        }
+        self._live = DatabaseWriter(dsn, **timeouts)
+        self._replay = DatabaseWriter(dsn, **timeouts)
+        self._sink = DurableSink(
+            live=self._live,
+            replay=self._replay,
+            spool=self._spool,
+            counters=self._counters,
+            retry_max_s=settings.db_retry_max_s,
+        )
+        self._session: MqttSession | None = None
+        self._stop_receiving = asyncio.Event()
+        self._receive_task: asyncio.Task[None] | None = None
+        self._running = False
+
+    def stats(self) -> IngestStats:
+        """A snapshot of the counters."""
+        c = self._counters
+        return IngestStats(
+            messages_in=c.messages_in,
+            ignored=c.ignored,
+            telemetry_rows=c.telemetry_rows,
+            event_rows=c.event_rows,
+            dead_letters=c.dead_letters,
+            duplicates=c.duplicates,
+            rejected_rows=c.rejected_rows,
+            seq_gaps=self._seq.gaps,
+            seq_missing=self._seq.missing,
+            seq_out_of_order=self._seq.out_of_order,
+            batches_written=c.batches_written,
+            batches_spooled=c.batches_spooled,
+            rows_spooled=c.rows_spooled,
+            segments_replayed=c.segments_replayed,
+            spool_bytes=self._spool.size_bytes,
+            spool_segments=self._spool.segments,
+            in_flight=self._batcher.outstanding,
+            database_available=self._sink.database_available,
+            known_devices=len(self._devices.ids),
+        )
+
+    # --- hot path -------------------------------------------------------------------------------
+
+    async def _on_message(self, topic: str, payload: bytes) -> None:
+        done = self._accept(topic, payload)
+        if done is not None:
+            # Not shielded (that is one more future per message): a handler task is only ever
+            # cancelled when the event loop shuts down, and cancelling the shared future then only
+            # withholds acknowledgements, which is always safe; `Batcher.resolve` tolerates it.
+            await done
+
+    def _accept(self, topic: str, payload: bytes) -> asyncio.Future[None] | None:
+        self._counters.messages_in += 1
+        received_at = utcnow()
+        try:
+            result = self._classifier.classify(topic, payload, received_at)
+            if isinstance(result, ToTelemetry):
+                if result.seq is not None:
+                    self._seq.observe(result.row[0], result.seq)
+                return self._batcher.add_telemetry(result.row)
+            if isinstance(result, ToEvent):
+                if result.seq is not None:
+                    self._seq.observe(result.row[0], result.seq)
+                return self._batcher.add_event(result.row)
+            if isinstance(result, ToDeadLetter):
+                return self._batcher.add_dead_letter(result.row)
+        except Exception as err:
+            # A bug, not bad input (the classifier handles that). The session would acknowledge a
+            # failed handler, so keep the message as a dead letter rather than lose it.
+            _LOGGER.exception("could not classify a message on %r", topic)
+            reason = f"ingest error: {type(err).__name__}: {err}"
+            return self._batcher.add_dead_letter(dead_letter_row(received_at, str(topic), None, reason, payload))
+        self._counters.ignored += 1
+        return None
+
+    # --- tasks ----------------------------------------------------------------------------------
+
+    async def _write_loop(self) -> None:
+        while True:
+            pending = await self._batcher.get()
+            await self._sink.store(pending.rows)
+            self._batcher.resolve(pending)
+
+    async def _receive_loop(self, ready: asyncio.Event | None) -> None:
+        # Classifying needs the registry: from the database, or the snapshot saved by an earlier run.
+        # Until then the broker keeps our messages (persistent session).
+        await self._devices.loaded.wait()
+        session = MqttSession(
+            self.settings.mqtt(),
+            client_id=self.settings.client_id,
+            subscriptions=[(self.settings.subscription(), QOS[Channel.TELEMETRY])],
+            handler=self._on_message,
+            persistent=True,
+            receive_maximum=self.settings.receive_maximum,
+        )
+        async with session:
+            self._session = session
+            _LOGGER.info(
+                "ingest %s subscribed to %s (%d known devices)",
+                self.settings.client_id,
+                self.settings.subscription(),
+                len(self._devices.ids),
+            )
+            if ready is not None:
+                ready.set()
+            try:
+                await self._stop_receiving.wait()
+            finally:
+                self._session = None
+
+    async def _serve(self, ready: asyncio.Event | None) -> None:
+        await self._spool.open()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._devices.run_loop(), name="ingest.directory_loop")
+                tg.create_task(self._sink.drain_loop(), name="ingest.drain_loop")
+                tg.create_task(self._write_loop(), name="ingest.write_loop")
+                self._receive_task = tg.create_task(self._receive_loop(ready), name="ingest.receive_loop")
+        finally:
+            await self._live.close()
+            await self._replay.close()
+            await self._spool.close()
+
+    async def run(self, *, ready: asyncio.Event | None = None) -> None:
+        """Run until cancelled; ``ready`` is set once subscribed. An instance runs once."""
+        if self._running:
+            raise RuntimeError("Ingest.run() was already called on this instance")
+        self._running = True
+        serving = asyncio.create_task(self._serve(ready), name="ingest")
+        try:
+            await asyncio.shield(serving)
+        except asyncio.CancelledError:
+            if not serving.done():
+                await self._stop(serving)
+            raise
+
+    async def _stop(self, serving: asyncio.Task[None]) -> None:
+        """Acknowledge what can be made durable in time, disconnect, then stop every task."""
+        try:
+            async with asyncio.timeout(self.settings.shutdown_timeout_s):
+                session = self._session
+                if session is not None and session.connected:
+                    # While still connected, what was received so far can still be acknowledged.
+                    await self._flush()
+                    for _ in range(_ACK_ITERATIONS):
+                        await asyncio.sleep(0)
+                self._stop_receiving.set()
+                if self._receive_task is not None:
+                    await asyncio.wait({self._receive_task})
+                # Messages that came in meanwhile are kept too; they were not acknowledged, so the
+                # broker redelivers them to the next run and the unique keys absorb the repeat.
+                await self._flush()
+        except TimeoutError:
+            _LOGGER.warning(
+                "stopping with %d messages not yet durable; the broker will redeliver them",
+                self._batcher.outstanding,
+            )
+        finally:
+            serving.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await serving
+
+    async def _flush(self) -> None:
+        await self._batcher.flush_and_wait()
+
+
+async def run(settings: IngestSettings, *, ready: asyncio.Event | None = None) -> None:
+    """Run one ingest worker until cancelled; ``ready`` is set once it is subscribed."""
+    await Ingest(settings).run(ready=ready)
