@@ -101,7 +101,7 @@ class Notifier:
                     self._wake.clear()
                     jobs = await self._claim(conn)
                     for job in jobs:
-                        await self._send(conn, job)
+                        await self._send_to_completion(conn, job)
                     if len(jobs) == self._batch_size:
                         continue
                     wait_s = await conn.fetchval(
@@ -137,6 +137,16 @@ class Notifier:
             )
             for r in rows
         ]
+
+    async def _send_to_completion(self, conn: asyncpg.Connection, job: Job) -> None:
+        """Send one job; a shutdown waits for it, so a sent SMS is never left marked unsent (and resent)."""
+        sending = asyncio.ensure_future(self._send(conn, job))
+        try:
+            await asyncio.shield(sending)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(sending, timeout=15)
+            raise
 
     async def _send(self, conn: asyncpg.Connection, job: Job) -> None:
         out_id = f"gg-{job.id}-{job.attempts}"

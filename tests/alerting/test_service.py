@@ -153,7 +153,7 @@ async def test_alarm_closes_only_its_valve_and_texts_the_resident(
         await wait_for(incident_complete)
 
         async def sms_sent() -> bool:
-            return len(sms_sandbox.platform.received) >= 1
+            return await db.fetchval("SELECT status FROM notification_outbox") == "sent"
 
         await wait_for(sms_sent)
 
