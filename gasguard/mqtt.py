@@ -12,6 +12,7 @@ the alarm -> close round trip near 1-2 ms instead of Nagle's ~40 ms.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections import deque
@@ -45,9 +46,11 @@ class MqttSession:
     """A reconnecting MQTT client session.
 
     It is an async context manager that is reusable but not reentrant. Every (re)connect
-    re-subscribes from the list given here and republishes the retained birth message; the broker
-    publishes the last will if the connection dies. Messages are acknowledged only after ``handler``
-    returns, so a handler that awaits durable storage gets at-least-once delivery end to end.
+    re-subscribes from the list given here, republishes the retained birth message and calls
+    ``on_connect``; the broker publishes the last will if the connection dies. Leaving the context
+    waits (up to ``flush_timeout_s``) until the broker has acknowledged what was published.
+    Incoming messages are acknowledged only after ``handler`` returns, so a handler that awaits
+    durable storage gets at-least-once delivery end to end.
     """
 
     def __init__(
@@ -60,6 +63,8 @@ class MqttSession:
         persistent: bool = False,
         announcement: Announcement | None = None,
         receive_maximum: int | None = None,
+        on_connect: Callable[[], None] | None = None,
+        flush_timeout_s: float = 5.0,
         logger: logging.Logger | None = None,
     ) -> None:
         self._endpoint = endpoint
@@ -69,6 +74,8 @@ class MqttSession:
         self._persistent = persistent
         self._announcement = announcement
         self._receive_maximum = receive_maximum
+        self._on_connect_hook = on_connect
+        self._flush_timeout_s = flush_timeout_s
         self._logger = logger or _LOGGER
         self._client: Any = None
         self._lock = asyncio.Lock()
@@ -104,14 +111,17 @@ class MqttSession:
         tb: TracebackType | None,
     ) -> None:
         try:
-            if self._drainer is not None:
-                # Hand over what is still waiting for the window before saying goodbye.
-                if self.connected:
-                    await asyncio.wait({self._drainer}, timeout=5)
-                self._drainer.cancel()
             if self._announcement is not None and self.connected:
                 # A clean disconnect suppresses the last will, so say goodbye ourselves.
                 self.publish(self._announcement.topic, self._announcement.offline, qos=1, retain=True)
+            if self.connected:
+                # Closing a socket with unread PUBACKs makes the kernel reset it, and the broker then
+                # discards publishes it had not read yet: wait (bounded) until everything is acknowledged.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._flush_timeout_s):
+                        await self.flush()
+            if self._drainer is not None:
+                self._drainer.cancel()
             self._connected.clear()
             await self._client.disconnect()
         except Exception:
@@ -140,6 +150,16 @@ class MqttSession:
         self._backlog.append((topic, payload, qos, retain))
         if self._drainer is None or self._drainer.done():
             self._drainer = asyncio.create_task(self._drain_backlog(), name=f"mqtt[{self._client_id}].drain_loop")
+
+    async def flush(self) -> None:
+        """Wait until the broker has acknowledged every QoS 1 message published so far.
+
+        Bound it with `asyncio.timeout`: while disconnected nothing can be acknowledged.
+        """
+        if self._drainer is not None:
+            await asyncio.wait({self._drainer})
+        if self._client is not None:
+            await self._client._persistent_storage.wait_empty()  # gmqtt's in-flight store
 
     @property
     def backlog(self) -> int:
@@ -209,6 +229,8 @@ class MqttSession:
         if not self._connected.is_set():
             self._logger.debug("MQTT session %s connected", self._client_id)
         self._connected.set()
+        if self._on_connect_hook is not None:
+            self._on_connect_hook()
 
     def _on_disconnect(self, client: Any, packet: object, exc: BaseException | None = None) -> None:
         if self._connected.is_set():

@@ -68,7 +68,9 @@ _OFFLINE = encode(Availability(status="offline"))
 # that fell due in the meantime instead of waking up once per message.
 _MIN_TELEMETRY_SLEEP_S = 0.002
 _WATCH_INTERVAL_S = 0.2
-_GOODBYE_TIMEOUT_S = 2.0
+_GOODBYE_TIMEOUT_S = 5.0
+# Telemetry is skipped (and counted) while this many messages already wait for the broker's window.
+_MAX_TELEMETRY_BACKLOG = 100_000
 
 
 class ConnectionMode(enum.StrEnum):
@@ -183,18 +185,6 @@ class _State(enum.Enum):
     UNOPENED = 1
     OPEN = 2
     CLOSED = 3
-
-
-async def _wait_acknowledged(session: MqttSession) -> None:
-    """Wait until the broker has acknowledged every QoS 1 publish (bound it with `asyncio.timeout`)."""
-    # MqttSession disconnects straight after its own goodbye. Closing a socket that still has unread
-    # PUBACKs makes the kernel send RST instead of FIN, and the broker then discards the publishes it
-    # had not read yet, so the device goodbyes published just before would be lost. MqttSession has no
-    # public way to wait for its in-flight messages, so this reaches into gmqtt's in-flight store.
-    storage = getattr(getattr(session, "_client", None), "_persistent_storage", None)
-    if storage is None:
-        return
-    await storage.wait_empty()
 
 
 def _radio(device_id: str) -> Radio:
@@ -379,7 +369,7 @@ class Fleet:
                     self._announce_devices(_OFFLINE)
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(_GOODBYE_TIMEOUT_S):
-                            await _wait_acknowledged(self._gateway)
+                            await self._gateway.flush()
 
     def _build_sessions(self) -> tuple[MqttSession | None, dict[str, MqttSession]]:
         root = self._topics.root
@@ -446,6 +436,17 @@ class Fleet:
     def connected(self) -> bool:
         """Whether every connection of the fleet is up."""
         return all(session.connected for session in self._connections())
+
+    @property
+    def backlog(self) -> int:
+        """Messages published but still waiting for the broker's in-flight window."""
+        return sum(session.backlog for session in self._connections())
+
+    async def flush(self) -> None:
+        """Wait until the broker has acknowledged everything published so far (bound it with a timeout)."""
+        self._require_running()
+        for session in self._connections():
+            await session.flush()
 
     def stats(self) -> FleetStats:
         """A snapshot of the counters."""
@@ -651,8 +652,9 @@ class Fleet:
 
     def _send_telemetry(self, device: VirtualAlarm | VirtualValve, now: datetime) -> int:
         session = self._sessions[device.device_id]
-        if not session.connected:
-            # A device without a link cannot report; consumers see the gap, as they would in the field.
+        if not session.connected or session.backlog >= _MAX_TELEMETRY_BACKLOG:
+            # A device without a link cannot report, and a link that cannot keep up does not queue
+            # heartbeats forever; consumers see the gap, as they would in the field.
             self._telemetry_skipped += 1
             return 0
         self._publish(device.device_id, Channel.TELEMETRY, device.telemetry(now))
@@ -662,7 +664,7 @@ class Fleet:
         for item in out:
             self._publish(item.device_id, item.channel, item.message)
 
-    def _publish(self, device_id: str, channel: Channel, message: DeviceMessage | Availability) -> None:
+    def _publish(self, device_id: str, channel: Channel, message: DeviceMessage) -> None:
         retain = channel is Channel.AVAILABILITY
         self._sessions[device_id].publish(
             self._topics.device(device_id, channel), encode(message), qos=QOS[channel], retain=retain

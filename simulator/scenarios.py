@@ -118,6 +118,9 @@ async def run_burst(
 ) -> list[LeakHandle]:
     """Start leaks at ``count`` households of one community within ``within_s`` seconds."""
     idle = fleet.idle_households()
+    if not idle:
+        _LOGGER.warning("no idle household for a burst: every valve is closed or busy")
+        return []
     plan = plan_burst(idle, count=count, within_s=within_s, seed=seed, community_code=community_code)
     _LOGGER.info("burst of %d leak(s) in community %s", len(plan), plan[0].household.community_code)
     loop = asyncio.get_running_loop()

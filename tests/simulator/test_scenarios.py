@@ -97,6 +97,7 @@ async def test_run_leak_every_skips_busy_households(
         topics,
         households=households,
         telemetry_period_s=None,
+        valve_close_s=0.1,
         leak_profile=FAST_LEAK,
         leak_sample_s=0.05,
     ) as fleet:
