@@ -62,10 +62,11 @@ def alembic_config(dsn: str) -> Config:
     return cfg
 
 
-async def migrate(dsn: str, revision: str = "head") -> None:
-    """Bring the schema to ``revision``.
+async def migrate(dsn: str, revision: str = "heads") -> None:
+    """Bring the schema to ``revision`` (by default every head).
 
-    Alembic's async env runs its own event loop, so it runs in a worker thread here.
+    Each service area adds its own migrations on a branch from the initial schema, so ``heads``
+    applies them all. Alembic's async env runs its own event loop, so it runs in a worker thread here.
     """
     await asyncio.to_thread(command.upgrade, alembic_config(dsn), revision)
     _LOGGER.info("database schema at %s", revision)
