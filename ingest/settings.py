@@ -15,7 +15,8 @@ class IngestSettings(CommonSettings):
     #: across restarts. Every ingest worker needs its own.
     client_id: str = "gasguard-ingest"
     #: MQTT 5 shared-subscription group; when set, workers subscribe to ``$share/<group>/<root>/#``
-    #: and the broker spreads messages over them.
+    #: and the broker spreads messages over them. Each worker's sequence-gap counters then see only
+    #: its share of a device's messages (unless the broker routes by topic, as EMQX can).
     share_group: str | None = None
     #: How many unacknowledged messages the broker may push to us at once (MQTT 5 receive maximum).
     #: Must be well above ``batch_size``: every handler waits for its batch, so this bounds how full a

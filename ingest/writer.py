@@ -49,6 +49,16 @@ _DATA_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+# The database is away or overloaded: expected during outages, logged once by the caller.
+_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+)
+
 # Everything a write can raise that is about the database or the data rather than a bug in ingest.
 _WRITE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresError,
@@ -160,6 +170,10 @@ class DatabaseWriter:
         except _WRITE_ERRORS as err:
             # Data errors were handled row by row inside; one escaping here came from the transaction
             # itself, so treat every failure alike: the batch stays with the caller and is retried.
+            if not isinstance(err, _CONNECTION_ERRORS):
+                # Not an outage (a missing table, a read-only standby after fail-over, a bug): still
+                # retried through the spool, but loudly, with the traceback, every time.
+                _LOGGER.exception("database refused a batch of %d rows", len(rows))
             self._drop_connection()
             raise DatabaseUnavailable(str(err) or type(err).__name__) from err
 

@@ -66,6 +66,13 @@ def test_bad_input_is_dead_lettered_with_a_readable_reason(
     assert (result.row[0], result.row[2], result.row[5]) == (NOW, topic, payload)
 
 
+def test_a_topic_that_is_not_utf8_is_dead_lettered(classifier: Classifier) -> None:
+    """Test the raw-bytes topic gmqtt passes on when it cannot decode one."""
+    result = classifier.classify(b"gg/v1/dev/\xff/telemetry", b"{}", NOW)
+    assert isinstance(result, ToDeadLetter)
+    assert result.row[2:5] == ("gg/v1/dev/\ufffd/telemetry", None, "unknown topic")
+
+
 def test_long_reasons_are_cut(classifier: Classifier) -> None:
     """Test that a reason never exceeds the stored limit."""
     payload = alarm_telemetry(1).replace(b'"state":"normal"', b'"state":"' + b"x" * 500 + b'"')

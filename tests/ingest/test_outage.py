@@ -194,3 +194,24 @@ async def test_restart_while_publishing_loses_nothing(
     assert first.stats().messages_in < published
     assert await count(db, "telemetry") == published
     assert await db.fetchval("SELECT count(DISTINCT seq) FROM telemetry") == published
+
+
+async def test_batches_the_database_refuses_for_other_reasons_are_kept_and_retried(
+    settings: IngestSettings,
+    publisher: MqttSession,
+    topics: Topics,
+    db: asyncpg.Connection,
+    add_device: AddDevice,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Test that a missing table (say, a botched migration) spools batches loudly and replays them."""
+    alarm = await add_device("alarm-migration")
+    async with running(settings, publisher) as ingest:
+        await db.execute("ALTER TABLE telemetry RENAME TO telemetry_moved")
+        publish_all(publisher, stream(topics, alarm, 40))
+        await wait_until(lambda: ingest.stats().rows_spooled == 40 and ingest.stats().in_flight == 0)
+        assert any(r.levelno == logging.ERROR and r.name == "ingest.writer" for r in caplog.records)
+
+        await db.execute("ALTER TABLE telemetry_moved RENAME TO telemetry")
+        await wait_until(lambda: ingest.stats().rows_written == 40 and ingest.stats().spool_bytes == 0)
+    assert await count(db, "telemetry") == 40
