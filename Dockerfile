@@ -6,6 +6,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
+# A CJK font for the printable confirmation slips (PDF) the registry renders.
+RUN apt-get update && apt-get install -y --no-install-recommends fonts-wqy-zenhei \
+    && rm -rf /var/lib/apt/lists/*
+
 # Services run as an unprivileged user and write only their spools, which the services' relative
 # defaults (var/ingest-spool, var/alerting-spool) put under /app/var. The directories exist in the image,
 # owned by that user, so named volumes mounted on them start out writable.

@@ -21,9 +21,11 @@ demo: $(STAMP)
 test: $(STAMP) services
 	$(BIN)/pytest
 
-## Measure latency and throughput; writes docs/benchmarks.md.
+## Measure latency and throughput; writes docs/benchmarks.md, benchmarks-ingest.md, benchmarks-registry.md.
 bench: $(STAMP) services
 	$(BIN)/python -m simulator.bench
+	$(BIN)/python -m simulator.bench_ingest
+	$(BIN)/python -m simulator.bench_registry
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

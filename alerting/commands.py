@@ -11,6 +11,7 @@ import heapq
 import itertools
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from alerting.rules import ValveTrackState
 from gasguard.protocol import Command, ValvePosition
@@ -30,6 +31,19 @@ class InflightClose:
     acked: bool = False
     escalated: bool = False
     next_resend: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class PendingCommand:
+    """A close command the database holds as unconfirmed and unexpired (reloaded on start or take-over)."""
+
+    cmd_id: uuid.UUID
+    valve_id: str
+    issued_at: datetime
+    expires_at: datetime
+    attempts: int
+    acked: bool
+    escalated: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +99,14 @@ class CommandTracker:
         self._schedule(track.next_resend, track)
         self._schedule(track.confirm_deadline, track)
         return track
+
+    def inflight_valves(self) -> frozenset[str]:
+        """Valves with a close command in flight."""
+        return frozenset(self._by_valve)
+
+    def reschedule(self, track: InflightClose, when: float) -> None:
+        """Wake this command's timers at ``when`` (after its state was adjusted from the database)."""
+        self._schedule(when, track)
 
     def get(self, cmd_id: uuid.UUID) -> InflightClose | None:
         """The in-flight command with this id, if any."""

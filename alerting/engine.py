@@ -10,19 +10,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from datetime import datetime
 
 from pydantic import ValidationError
 
 from alerting import rules
-from alerting.commands import CommandTracker, InflightClose
+from alerting.commands import CommandTracker, InflightClose, PendingCommand
 from alerting.directory import DirectoryKeeper
 from alerting.recorder import Recorder
 from alerting.records import (
     AlarmRecorded,
     CommandAcked,
     CommandResent,
+    DeviceNoted,
     Rejected,
     SentCommand,
     ValveNotClosed,
@@ -31,10 +33,13 @@ from alerting.records import (
 from alerting.settings import AlertingSettings
 from gasguard.clock import utcnow
 from gasguard.protocol import (
+    ALARMING_STATES,
     QOS,
     AlarmEvent,
     Channel,
+    Command,
     CommandAck,
+    CommandName,
     CommandResult,
     TopicError,
     Topics,
@@ -62,6 +67,7 @@ class Engine:
         publish: Publish,
         clock: Callable[[], datetime] = utcnow,
         monotonic: Callable[[], float] = time.monotonic,
+        active: bool = True,
     ) -> None:
         self._settings = settings
         self._topics = topics
@@ -74,6 +80,9 @@ class Engine:
             ack_timeout_s=settings.ack_timeout_s, resend_max_interval_s=settings.resend_max_interval_s
         )
         self._warned_unknown: set[str] = set()
+        #: Active/standby (see `alerting.leader`); a standby only remembers recent alarms.
+        self.active = active
+        self._standby_alarms: deque[tuple[float, str, AlarmEvent]] = deque(maxlen=100_000)
         self.alarms_handled = 0
         self.commands_sent = 0
 
@@ -109,10 +118,87 @@ class Engine:
             event = decode_event(payload)
         except ValidationError:
             return  # ingest stores it as a dead letter with the validation error
+        if not self.active:
+            if isinstance(event, AlarmEvent) and event.state in ALARMING_STATES:
+                self._standby_alarms.append((self._monotonic(), device_id, event))
+            return
         if isinstance(event, AlarmEvent):
             self._on_alarm(device_id, event)
+            self._on_status(device_id, event)
         else:
             self._on_valve_position(device_id, event.position, self._clock())
+
+    def _on_status(self, alarm_id: str, event: AlarmEvent) -> None:
+        """Device-state rules, after the close path: faults, end of life, recovery, self-test."""
+        entry = self._directory.current.alarms.get(alarm_id)
+        at = self._clock()
+        status: str | None = None
+        for action in rules.on_status_event(event, entry):
+            match action:
+                case rules.SetDeviceStatus(status=new_status):
+                    status = new_status
+                case rules.DeviceIncident(kind=kind, severity=severity, device_id=dev, household_id=household_id):
+                    self._recorder.submit(
+                        DeviceNoted(
+                            device_id=dev, household_id=household_id, status=status, kind=kind, severity=severity, at=at
+                        )
+                    )
+                    status = None
+        if status is not None and entry is not None:
+            self._recorder.submit(
+                DeviceNoted(device_id=alarm_id, household_id=entry.household_id, status=status, at=at)
+            )
+
+    def promote(self, commands: list[PendingCommand]) -> None:
+        """Become the active engine: adopt the commands still in flight, then act on recent alarms seen as standby."""
+        now = self._monotonic()
+        wall = self._clock()
+        for pending in commands:
+            if self.tracker.get(pending.cmd_id) is not None or pending.valve_id in self.tracker.inflight_valves():
+                continue
+            valve = self._directory.current.valves.get(pending.valve_id)
+            confirm = self._confirm_timeout(pending.valve_id)
+            command = Command(
+                cmd_id=pending.cmd_id,
+                command=CommandName.CLOSE,
+                issued_at=pending.issued_at,
+                expires_at=pending.expires_at,
+            )
+            age = max(0.0, (wall - pending.issued_at).total_seconds())
+            track = self.tracker.start(
+                command=command,
+                valve_id=pending.valve_id,
+                household_id=valve.household_id if valve is not None else -1,
+                now=now - age,
+                confirm_timeout_s=confirm,
+                ttl_s=(pending.expires_at - pending.issued_at).total_seconds(),
+            )
+            track.acked = pending.acked
+            track.escalated = pending.escalated
+            track.attempts = pending.attempts
+            # Re-send at the next tick: the valve may have missed it while no engine was active.
+            track.next_resend = now
+            self.tracker.reschedule(track, now)
+        self.active = True
+        replay = [(t, d, e) for t, d, e in self._standby_alarms if now - t <= self._settings.standby_replay_s]
+        self._standby_alarms.clear()
+        for _, device_id, event in replay:
+            self._on_alarm(device_id, event)
+        _LOGGER.info("engine active: %d commands adopted, %d recent alarms replayed", len(commands), len(replay))
+
+    def demote(self) -> None:
+        """Become standby: another engine holds the lock and owns the commands in flight."""
+        self.active = False
+        self.tracker = CommandTracker(
+            ack_timeout_s=self._settings.ack_timeout_s, resend_max_interval_s=self._settings.resend_max_interval_s
+        )
+        _LOGGER.warning("engine on standby: another alerting process is active")
+
+    def _confirm_timeout(self, valve_id: str) -> float:
+        valve = self._directory.current.valves.get(valve_id)
+        if valve is not None and valve.close_confirm_timeout_s:
+            return valve.close_confirm_timeout_s
+        return self._settings.default_close_confirm_timeout_s
 
     def _on_alarm(self, alarm_id: str, event: AlarmEvent) -> None:
         received_at = self._clock()
@@ -168,6 +254,8 @@ class Engine:
         return SentCommand(cmd_id=command.cmd_id, valve_id=valve_id, issued_at=issued_at, expires_at=command.expires_at)
 
     def _on_ack(self, topic: str, device_id: str, payload: bytes) -> None:
+        if not self.active:
+            return
         try:
             ack = CommandAck.model_validate_json(payload)
         except ValidationError as err:
@@ -182,6 +270,8 @@ class Engine:
             self._escalate(track, f"device refused the command: {ack.reason or 'no reason given'}", at)
 
     def _on_result(self, topic: str, device_id: str, payload: bytes) -> None:
+        if not self.active:
+            return
         try:
             result = CommandResult.model_validate_json(payload)
         except ValidationError as err:
@@ -209,6 +299,19 @@ class Engine:
         )
         if position is ValvePosition.FAULT and settled is not None and not settled.escalated:
             self._escalate(settled, "valve reported a fault", at)
+        if position is ValvePosition.FAULT:
+            for action in rules.on_valve_fault(valve_id, valve.household_id):
+                if isinstance(action, rules.DeviceIncident):
+                    self._recorder.submit(
+                        DeviceNoted(
+                            device_id=valve_id,
+                            household_id=valve.household_id,
+                            status="fault",
+                            kind=action.kind,
+                            severity=action.severity,
+                            at=at,
+                        )
+                    )
 
     def _escalate(self, track: InflightClose, reason: str, at: datetime) -> None:
         track.escalated = True
@@ -238,6 +341,8 @@ class Engine:
 
     def tick(self) -> None:
         """Fire due timers: resend unanswered commands, escalate unconfirmed ones."""
+        if not self.active:
+            return
         due = self.tracker.due(self._monotonic())
         for track in due.resend:
             self._publish(self._topics.device(track.valve_id, Channel.COMMAND), encode(track.command))

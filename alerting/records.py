@@ -9,12 +9,13 @@ truth. Applying a record twice changes nothing, which makes replay after a crash
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Annotated, Literal
 
 import asyncpg
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
 
+from alerting.rules import ClusterPolicy, cluster_scopes
 from alerting.templates import ALARM_RESIDENT, VALVE_NOT_CLOSED_OPERATOR, county_time
 
 ACTOR = "alerting"
@@ -102,13 +103,22 @@ class Rejected(_Record):
     at: AwareDatetime
 
 
-Record = Annotated[
-    AlarmRecorded | CommandResent | CommandAcked | ValveReported | ValveNotClosed | Rejected,
-    Field(discriminator="op"),
-]
-RECORD_ADAPTER: TypeAdapter[
-    AlarmRecorded | CommandResent | CommandAcked | ValveReported | ValveNotClosed | Rejected
-] = TypeAdapter(Record)
+class DeviceNoted(_Record):
+    """A device's state changed (status) and, for faults and health findings, an incident kind to open."""
+
+    op: Literal["device"] = "device"
+    device_id: str
+    household_id: int
+    status: str | None
+    kind: str | None = None
+    severity: str = "info"
+    at: AwareDatetime
+    detail: dict[str, str] = Field(default_factory=dict)
+
+
+AnyRecord = AlarmRecorded | CommandResent | CommandAcked | ValveReported | ValveNotClosed | Rejected | DeviceNoted
+Record = Annotated[AnyRecord, Field(discriminator="op")]
+RECORD_ADAPTER: TypeAdapter[AnyRecord] = TypeAdapter(Record)
 
 
 async def apply(conn: asyncpg.Connection, record: Record) -> None:
@@ -138,6 +148,8 @@ async def apply(conn: asyncpg.Connection, record: Record) -> None:
                 await _apply_valve(conn, record)
             case ValveNotClosed():
                 await _apply_not_closed(conn, record)
+            case DeviceNoted():
+                await apply_device(conn, record)
             case Rejected():
                 await conn.execute(
                     "INSERT INTO dead_letter (received_at, source, topic, device_id, reason, payload)"
@@ -224,6 +236,13 @@ async def _apply_alarm(conn: asyncpg.Connection, r: AlarmRecorded) -> None:
         )
         await _timeline(conn, incident_id, "valve_command_sent", {"valve_id": c.valve_id, "cmd_id": str(c.cmd_id)})
     if opened:
+        await _start_escalation(conn, incident_id, severity=r.severity, started_at=r.received_at)
+        await _check_cluster(conn, r)
+    elif r.severity == "critical":
+        await conn.execute(
+            "UPDATE escalation SET severity = 'critical' WHERE incident_id = $1 AND stopped_at IS NULL", incident_id
+        )
+    if opened:
         phone: str | None = await conn.fetchval("SELECT resident_phone FROM household WHERE id = $1", r.household_id)
         if phone:
             await conn.execute(
@@ -305,7 +324,8 @@ async def _apply_not_closed(conn: asyncpg.Connection, r: ValveNotClosed) -> None
         "opened",
         {"valve_id": r.valve_id, "cmd_id": str(r.cmd_id), "reason": r.reason, "timeout_s": r.timeout_s},
     )
-    place = await _place(conn, r.household_id)
+    await _start_escalation(conn, incident_id, severity="critical", started_at=r.at)
+    place = await place_of(conn, r.household_id)
     for phone in r.operator_phones:
         await conn.execute(
             """
@@ -319,7 +339,8 @@ async def _apply_not_closed(conn: asyncpg.Connection, r: ValveNotClosed) -> None
         )
 
 
-async def _place(conn: asyncpg.Connection, household_id: int) -> str:
+async def place_of(conn: asyncpg.Connection, household_id: int) -> str:
+    """Where the household is, short enough for an operator SMS (the room number is kept)."""
     row = await conn.fetchrow(
         "SELECT c.name AS community, h.building, h.unit, h.room FROM household h"
         " JOIN community c ON c.code = h.community_code WHERE h.id = $1",
@@ -329,3 +350,109 @@ async def _place(conn: asyncpg.Connection, household_id: int) -> str:
     # Keep the operator's SMS within one 70-character part; the room number is the part to keep.
     limit = VALVE_NOT_CLOSED_OPERATOR.max_param_chars["place"]
     return place if len(place) <= limit else place[len(place) - limit :]
+
+
+async def _start_escalation(
+    conn: asyncpg.Connection, incident_id: int, *, severity: str, started_at: datetime, first_step: int = 0
+) -> None:
+    """Start the incident's escalation timer; the escalator fires its first step at once."""
+    await conn.execute(
+        "INSERT INTO escalation (incident_id, severity, started_at, next_step, next_step_at)"
+        " VALUES ($1, $2, $3, $4, $3) ON CONFLICT DO NOTHING",
+        incident_id,
+        severity,
+        started_at,
+        first_step,
+    )
+
+
+async def _check_cluster(conn: asyncpg.Connection, r: AlarmRecorded) -> None:
+    """Cluster rule, evaluated where every engine's alarms meet: distinct households per scope and window."""
+    home = await conn.fetchrow("SELECT community_code, building FROM household WHERE id = $1", r.household_id)
+    if home is None:
+        return
+    policies = [
+        ClusterPolicy(scope=p["scope"], window_s=p["window_s"], min_households=p["min_households"])
+        for p in await conn.fetch("SELECT scope, window_s, min_households FROM cluster_policy")
+    ]
+    counts: dict[str, int] = {}
+    for policy in policies:
+        counts[policy.scope] = await conn.fetchval(
+            """
+            SELECT count(DISTINCT i.household_id) FROM incident i JOIN household h ON h.id = i.household_id
+            WHERE i.kind = 'gas_alarm' AND i.alarm_received_at > $1::timestamptz - make_interval(secs => $2)
+              AND i.alarm_received_at <= $1 AND h.community_code = $3 AND ($4::text IS NULL OR h.building = $4)
+            """,
+            r.received_at,
+            float(policy.window_s),
+            home["community_code"],
+            home["building"] if policy.scope == "building" else None,
+        )
+    scopes = cluster_scopes(
+        building_households=counts.get("building", 0),
+        community_households=counts.get("community", 0),
+        policies=policies,
+    )
+    for scope in scopes:
+        key = (
+            f"building:{home['community_code']}:{home['building']}"
+            if scope == "building"
+            else f"community:{home['community_code']}"
+        )
+        incident_id: int | None = await conn.fetchval(
+            """
+            INSERT INTO incident (household_id, kind, severity, scope, community_code, alarm_received_at, detail)
+            VALUES (NULL, 'cluster', 'critical', $1, $2, $3, $4)
+            ON CONFLICT (scope) WHERE kind = 'cluster' AND state <> 'CLOSED' DO NOTHING RETURNING id
+            """,
+            key,
+            home["community_code"],
+            r.received_at,
+            {"households": counts[scope]},
+        )
+        if incident_id is None:
+            continue
+        await _timeline(conn, incident_id, "opened", {"scope": key, "households": counts[scope]})
+        # Straight to emergency management: start at the first step that reaches it.
+        first = await conn.fetchval(
+            "SELECT min(step) FROM escalation_policy_step WHERE severity = 'critical' AND 'emergency' = ANY(roles)"
+        )
+        await _start_escalation(
+            conn, incident_id, severity="critical", started_at=r.received_at, first_step=int(first or 0)
+        )
+
+
+async def apply_device(conn: asyncpg.Connection, r: DeviceNoted) -> int | None:
+    """Upsert the device state and open the device incident if one is called for; returns a new incident id."""
+    if r.status is not None:
+        await conn.execute(
+            """
+            INSERT INTO device_state (device_id, status, since, updated_at) VALUES ($1, $2, $3, now())
+            ON CONFLICT (device_id) DO UPDATE SET
+                since = CASE WHEN device_state.status = excluded.status THEN device_state.since ELSE excluded.since END,
+                status = excluded.status, updated_at = now()
+            """,
+            r.device_id,
+            r.status,
+            r.at,
+        )
+    if r.kind is None:
+        return None
+    incident_id: int | None = await conn.fetchval(
+        """
+        INSERT INTO incident (household_id, kind, severity, device_id, alarm_received_at, detail)
+        VALUES ($1, $2, $3, $4, $5, $6)
+        ON CONFLICT (household_id, kind) WHERE state <> 'CLOSED' DO NOTHING RETURNING id
+        """,
+        r.household_id,
+        r.kind,
+        r.severity,
+        r.device_id,
+        r.at,
+        r.detail,
+    )
+    if incident_id is None:
+        return None
+    await _timeline(conn, incident_id, "opened", {"device_id": r.device_id, "kind": r.kind, **r.detail})
+    await _start_escalation(conn, incident_id, severity=r.severity, started_at=r.at)
+    return incident_id

@@ -1,19 +1,35 @@
-"""The alerting service: engine on the MQTT bus, recorder, directory keeper and SMS notifier."""
+"""The alerting service: engine on the MQTT bus, recorder, directory keeper, escalator and SMS notifier.
+
+Two or more alerting processes may run at once. All of them are connected to the broker and
+subscribed (each with its own client id), but only the one holding a PostgreSQL advisory lock acts on
+alarms; the others are warm standbys that remember the last seconds of alarms. When the active
+process dies its database session ends, the lock is free, and a standby takes it within
+``leader_poll_s``, adopts the unconfirmed close commands from ``valve_command`` and replays the alarms
+it saw meanwhile. A database outage never demotes the active engine: the alarm path does not wait on
+the database. Escalation, the outbox sender and the recorder run in every process; the database
+(``FOR UPDATE SKIP LOCKED``, unique keys) keeps them from doing anything twice.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from pathlib import Path
 
+import asyncpg
 import httpx
 
+from alerting import notifier, receipts
+from alerting.commands import PendingCommand
+from alerting.devicestate import sweep_loop
 from alerting.directory import DirectoryKeeper
 from alerting.engine import Engine
-from alerting.notifier import Notifier
-from alerting.recorder import Recorder
+from alerting.escalation import Escalator
+from alerting.notifier import NotificationSettings, Notifier
+from alerting.recorder import TRANSIENT_DB_ERRORS, Recorder
 from alerting.settings import AlertingSettings
-from alerting.sms import AliyunSmsProvider
+from gasguard.db import connect
 from gasguard.mqtt import MqttSession
 from gasguard.protocol import Topics
 
@@ -23,8 +39,9 @@ _LOGGER = logging.getLogger(__name__)
 class Alerting:
     """All parts of the alerting service, exposed so a demo or benchmark can watch their counters."""
 
-    def __init__(self, settings: AlertingSettings) -> None:
+    def __init__(self, settings: AlertingSettings, *, notify: NotificationSettings | None = None) -> None:
         self.settings = settings
+        self.notify = notify or NotificationSettings()
         dsn = settings.dsn()
         self.topics = Topics(root=settings.topic_root)
         self.directory = DirectoryKeeper(dsn, refresh_s=settings.directory_refresh_s)
@@ -32,26 +49,25 @@ class Alerting:
         self.session: MqttSession | None = None
         self.engine: Engine | None = None
         self.notifier: Notifier | None = None
+        self.escalator = Escalator(dsn, settings)
         self.ready = asyncio.Event()
+        #: Set once the first attempt to become the active engine has finished (either way).
+        self.leadership_decided = asyncio.Event()
 
     async def run(self) -> None:
         """Run until cancelled."""
         settings = self.settings
         async with httpx.AsyncClient(timeout=httpx.Timeout(10.0)) as http:
-            provider = AliyunSmsProvider(
-                endpoint=settings.sms_endpoint,
-                access_key_id=settings.sms_access_key_id,
-                access_key_secret=settings.sms_access_key_secret.get_secret_value(),
-                sign_name=settings.sms_sign_name,
-                client=http,
-            )
-            self.notifier = Notifier(
-                settings.dsn(), provider, sign_name=settings.sms_sign_name, max_attempts=settings.sms_max_attempts
-            )
+            self.notifier = notifier.build(settings, http, self.notify)
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.directory.run_loop(), name="alerting.directory_loop")
                 tg.create_task(self.recorder.run_loop(), name="alerting.recorder_loop")
                 tg.create_task(self.notifier.run_loop(), name="alerting.notifier_loop")
+                tg.create_task(receipts.serve(settings, self.notify), name="alerting.receipts")
+                tg.create_task(self.escalator.run_loop(), name="alerting.escalation_loop")
+                tg.create_task(
+                    sweep_loop(settings.dsn(), interval_s=settings.health_sweep_s), name="alerting.health_loop"
+                )
                 # Start listening only with a directory to act on. If the database is down at start,
                 # the journal of an earlier run still replays, but alarms need the wiring first.
                 await self.directory.loaded.wait()
@@ -61,6 +77,7 @@ class Alerting:
                     directory=self.directory,
                     recorder=self.recorder,
                     publish=lambda topic, payload: self._publish(topic, payload),
+                    active=False,
                 )
                 self.engine = engine
                 self.session = MqttSession(
@@ -72,17 +89,74 @@ class Alerting:
                 )
                 async with self.session:
                     tg.create_task(engine.timer_loop(), name="alerting.timer_loop")
+                    tg.create_task(self._leader_loop(engine), name="alerting.leader_loop")
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.leadership_decided.wait(), 10)
                     _LOGGER.info(
-                        "alerting ready: %d alarms, %d valves in the directory",
+                        "alerting ready (%s): %d alarms, %d valves in the directory",
+                        "active" if engine.active else "standby",
                         len(self.directory.current.alarms),
                         len(self.directory.current.valves),
                     )
                     self.ready.set()
                     await asyncio.Event().wait()
 
+    async def _leader_loop(self, engine: Engine) -> None:
+        """Hold the advisory lock while alive; a standby polls for it and takes over."""
+        settings = self.settings
+        while True:
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await connect(settings.dsn())
+                while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", settings.leader_lock_key):
+                    if engine.active:
+                        engine.demote()
+                    self.leadership_decided.set()
+                    await asyncio.sleep(settings.leader_poll_s)
+                if not engine.active:
+                    engine.promote(await load_pending_commands(conn))
+                self.leadership_decided.set()
+                while True:
+                    await asyncio.sleep(settings.leader_poll_s)
+                    await conn.fetchval("SELECT 1")
+            except TRANSIENT_DB_ERRORS as err:
+                # Keep the current role: an active engine goes on closing valves during an outage.
+                _LOGGER.warning("leader lock connection failed (%s); keeping role %s", err, engine.active)
+                await asyncio.sleep(settings.leader_poll_s)
+            finally:
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await conn.close()
+
     def _publish(self, topic: str, payload: bytes) -> None:
         assert self.session is not None
         self.session.publish(topic, payload, qos=1)
+
+
+_PENDING_SQL = """
+SELECT c.cmd_id, c.valve_id, c.issued_at, c.expires_at, c.state, c.acked_at,
+       (SELECT count(*) FROM valve_command_attempt a WHERE a.cmd_id = c.cmd_id) AS attempts
+FROM valve_command c
+WHERE c.command = 'close' AND c.confirmed_at IS NULL AND c.expires_at > now()
+  AND (c.state IN ('sent', 'acked') OR (c.state = 'failed' AND c.reported_position IS DISTINCT FROM 'fault'))
+ORDER BY c.issued_at
+"""
+
+
+async def load_pending_commands(conn: asyncpg.Connection) -> list[PendingCommand]:
+    """Close commands the database holds as neither confirmed nor expired nor refused (restart resilience)."""
+    return [
+        PendingCommand(
+            cmd_id=r["cmd_id"],
+            valve_id=r["valve_id"],
+            issued_at=r["issued_at"],
+            expires_at=r["expires_at"],
+            attempts=max(1, int(r["attempts"])),
+            acked=r["acked_at"] is not None,
+            escalated=r["state"] == "failed",
+        )
+        for r in await conn.fetch(_PENDING_SQL)
+    ]
 
 
 async def run(settings: AlertingSettings) -> None:

@@ -37,8 +37,24 @@ class AlertingSettings(CommonSettings):
     hotline: str = "0477-7212345"
     #: Duty operators texted when a valve does not confirm closing.
     duty_operator_phones: list[str] = Field(default_factory=list)
+    #: Escalation contacts by role (operator A is ``duty_operator_phones``).
+    backup_operator_phones: list[str] = Field(default_factory=list)
+    supervisor_phones: list[str] = Field(default_factory=list)
+    emergency_phones: list[str] = Field(default_factory=list)
+    #: Emergency-management system's webhook; escalation steps with that role queue a webhook job.
+    emergency_webhook_url: str | None = None
+    #: Longest wait between looks at the escalation timers (NOTIFY wakes the loop sooner).
+    escalation_poll_s: float = Field(default=1.0, gt=0)
+    #: How often the device-health sweep (offline, low battery, mains loss) runs.
+    health_sweep_s: float = Field(default=60.0, gt=0)
+    #: Active/standby: the engine holding this PostgreSQL advisory lock acts on alarms.
+    leader_lock_key: int = 0x6767_616C  # "ggal"
+    #: How often a standby tries to take the lock.
+    leader_poll_s: float = Field(default=0.5, gt=0)
+    #: Alarms a standby saw this recently are replayed when it takes over.
+    standby_replay_s: float = Field(default=10.0, ge=0)
 
-    @field_validator("duty_operator_phones")
+    @field_validator("duty_operator_phones", "backup_operator_phones", "supervisor_phones", "emergency_phones")
     @classmethod
     def _phones_are_mobile_numbers(cls, value: list[str]) -> list[str]:
         for phone in value:

@@ -64,7 +64,30 @@ VALVE_NOT_CLOSED_OPERATOR = SmsTemplate(
     max_param_chars={"place": 22, "time": 11},
 )
 
-TEMPLATES: dict[str, SmsTemplate] = {t.code: t for t in (ALARM_RESIDENT, VALVE_NOT_CLOSED_OPERATOR)}
+ALARM_OPERATOR = SmsTemplate(
+    code="SMS_GG_ALARM_OPERATOR",
+    text="燃气报警未确认(第${n}次)：${place}，${time}报警。请立即联系住户并确认。",
+    max_param_chars={"n": 2, "place": 22, "time": 11},
+)
+
+EMERGENCY_NOTICE = SmsTemplate(
+    code="SMS_GG_EMERGENCY",
+    text="应急通报：${place}${what}，${time}。燃气公司正在处置，请协调。",
+    max_param_chars={"place": 22, "what": 8, "time": 11},
+)
+
+DEVICE_NOTICE = SmsTemplate(
+    code="SMS_GG_DEVICE_NOTICE",
+    text="设备${issue}：${place}，${time}起。请安排检修。",
+    max_param_chars={"issue": 6, "place": 22, "time": 11},
+)
+
+TEMPLATES: dict[str, SmsTemplate] = {
+    t.code: t for t in (ALARM_RESIDENT, VALVE_NOT_CLOSED_OPERATOR, ALARM_OPERATOR, EMERGENCY_NOTICE, DEVICE_NOTICE)
+}
+
+#: Name of the emergency-management webhook "template" (a JSON event, not an SMS).
+EMERGENCY_WEBHOOK = "WEBHOOK_GG_EMERGENCY"
 
 VALVE_CLOSED_TEXT = "已关闭"
 VALVE_CLOSING_TEXT = "正在关闭"

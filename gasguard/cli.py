@@ -28,6 +28,8 @@ _LOGGER = logging.getLogger(__name__)
 DEMO_DIR = Path("var/demo")
 DEMO_SMS_KEY = ("gasguard-demo", "gasguard-demo-secret")
 DEMO_DUTY_OPERATOR = "13900000001"
+# Demo accounts only: the demo serves plain HTTP on loopback with synthetic data.
+DEMO_PASSWORD = "gasguard-demo"
 
 
 @app.command("migrate")
@@ -71,17 +73,20 @@ def demo_command(
 
 
 async def _seed_if_empty(conn: asyncpg.Connection, *, households: int, seed: int) -> None:
+    from registry.auth import seed_demo_users
     from registry.demo_county import seed_demo_county
 
     existing = await conn.fetchval("SELECT count(*) FROM household")
     if existing:
         typer.echo(f"数据库已有 {existing} 户，跳过生成演示数据 (database already has {existing} households)")
-        return
-    county = await seed_demo_county(conn, households=households, seed=seed)
-    typer.echo(
-        f"演示旗县已生成: {county.households} 户 (天然气 {county.ng_households}, 液化气 {county.lpg_households}), "
-        f"{len(county.communities)} 个社区"
-    )
+    else:
+        county = await seed_demo_county(conn, households=households, seed=seed)
+        typer.echo(
+            f"演示旗县已生成: {county.households} 户 (天然气 {county.ng_households}, 液化气 {county.lpg_households}), "
+            f"{len(county.communities)} 个社区"
+        )
+    users = await seed_demo_users(conn, password=DEMO_PASSWORD)
+    typer.echo(f"演示账号 (密码 {DEMO_PASSWORD}): " + ", ".join(f"{u.username}({u.role.value})" for u in users))
 
 
 async def _demo(settings: CommonSettings, *, households: int, leak_every: float, port: int, sms_port: int) -> None:
@@ -117,10 +122,13 @@ async def _demo(settings: CommonSettings, *, households: int, leak_every: float,
 
 async def _run_services(common: dict[str, Any], *, dsn: str, leak_every: float, port: int, sms_port: int) -> None:
     # The one place where the services meet: each is still started through its own public entry point.
+    from alerting.notifier import ALL_SMS_TEMPLATES, NotificationSettings
+    from alerting.providers.voice import VOICE_SCRIPTS
     from alerting.service import Alerting
     from alerting.settings import AlertingSettings
-    from alerting.templates import TEMPLATES
     from gasguard.web import serve_asgi
+    from gateway.service import Gateway
+    from gateway.settings import GatewaySettings
     from ingest.service import Ingest
     from ingest.settings import IngestSettings
     from registry.app import serve as serve_registry
@@ -132,7 +140,11 @@ async def _run_services(common: dict[str, Any], *, dsn: str, leak_every: float, 
     sms = SmsPlatform(
         keys={DEMO_SMS_KEY[0]: DEMO_SMS_KEY[1]},
         sign_names=frozenset({AlertingSettings.model_fields["sms_sign_name"].default}),
-        templates={t.code: t.text for t in TEMPLATES.values()},
+        templates={t.code: t.text for t in ALL_SMS_TEMPLATES.values()},
+        voice_scripts=dict(VOICE_SCRIPTS),
+        # The sandbox pushes delivery reports back, as the real provider does, so "delivered" shows.
+        push_urls={"aliyun": f"http://127.0.0.1:{sms_port + 1}/receipts/aliyun"},
+        auto_push=True,
     )
     alerting = Alerting(
         AlertingSettings(
@@ -142,7 +154,8 @@ async def _run_services(common: dict[str, Any], *, dsn: str, leak_every: float, 
             sms_access_key_secret=DEMO_SMS_KEY[1],
             spool_dir=str(DEMO_DIR / "alerting-spool"),
             duty_operator_phones=[DEMO_DUTY_OPERATOR],
-        )
+        ),
+        notify=NotificationSettings(receipts_port=sms_port + 1),
     )
     ingest = Ingest(IngestSettings(**common, spool_dir=str(DEMO_DIR / "ingest-spool")))
     async with asyncio.TaskGroup() as tg:
@@ -151,14 +164,18 @@ async def _run_services(common: dict[str, Any], *, dsn: str, leak_every: float, 
         await sms_ready.wait()
         tg.create_task(ingest.run(ready=ingest_ready), name="demo.ingest")
         tg.create_task(alerting.run(), name="demo.alerting")
-        await asyncio.gather(ingest_ready.wait(), alerting.ready.wait())
-        tg.create_task(serve_registry(RegistrySettings(**common, port=port), ready=api_ready), name="demo.registry")
+        gateway = Gateway(GatewaySettings(**common, http_port=sms_port + 2))
+        tg.create_task(gateway.run(), name="demo.gateway")
+        await asyncio.gather(ingest_ready.wait(), alerting.ready.wait(), gateway.ready.wait())
+        registry_settings = RegistrySettings(**common, port=port, cookie_secure=False)
+        tg.create_task(serve_registry(registry_settings, ready=api_ready), name="demo.registry")
         await api_ready.wait()
         simulator = SimulatorSettings(
             **common, sim_id="demo", leak_interval_s=leak_every, telemetry_period_s=60.0, valve_close_s=1.0
         )
         tg.create_task(run_simulator(simulator), name="demo.simulator")
         typer.echo(f"GasGuard 演示已启动: API http://127.0.0.1:{port}/health  文档 http://127.0.0.1:{port}/docs")
+        typer.echo(f"网关 (NB-IoT 推送 / 隔离区): http://127.0.0.1:{sms_port + 2}/quarantine")
         typer.echo(f"模拟泄漏每 {leak_every:g} 秒一次；按 Ctrl-C 停止。")
         tg.create_task(_report_loop(dsn), name="demo.report_loop")
 
@@ -171,7 +188,8 @@ SELECT o.id AS outbox_id, i.kind, i.alarm_device_id, i.alarm_lel,
 FROM incident i
 JOIN household h ON h.id = i.household_id
 JOIN community c ON c.code = h.community_code
-JOIN notification_outbox o ON o.incident_id = i.id AND o.status = 'sent'
+JOIN notification_outbox o ON o.incident_id = i.id AND o.status IN ('sent', 'delivered')
+     AND (o.recipient_role = 'resident' OR i.kind <> 'gas_alarm')
 WHERE o.sent_at > now() - interval '10 minutes'
 ORDER BY o.sent_at
 """

@@ -8,7 +8,7 @@ import signal
 from collections.abc import Awaitable, Callable
 
 # Libraries that narrate every request or connection at INFO; their warnings still show.
-_CHATTY_LOGGERS = ("httpx", "gmqtt", "pgserver", "amqtt", "transitions", "uvicorn.access")
+_CHATTY_LOGGERS = ("httpx", "gmqtt", "pgserver", "amqtt", "transitions", "uvicorn.access", "pymodbus")
 
 
 def configure_logging(level: str = "INFO") -> None:

@@ -19,9 +19,12 @@ import asyncio
 import contextlib
 import gc
 import logging
+import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from gasguard.clock import utcnow
+from gasguard.metrics import Sample, ServiceMetrics, SnapshotCollector, serve_metrics
 from gasguard.mqtt import MqttSession
 from gasguard.protocol import QOS, Channel, Topics
 from ingest.batcher import Batcher
@@ -88,6 +91,11 @@ class Ingest:
             counters=self._counters,
             retry_max_s=settings.db_retry_max_s,
         )
+        self.metrics = ServiceMetrics("ingest")
+        self.metrics.register(SnapshotCollector(self.metrics, self._metric_samples))
+        self._batch_seconds = self.metrics.histogram(
+            "batch_seconds", "Time to make one batch durable (COPY commit, or spool append during an outage)"
+        )
         self._session: MqttSession | None = None
         self._stop_receiving = asyncio.Event()
         self._receive_task: asyncio.Task[None] | None = None
@@ -116,6 +124,40 @@ class Ingest:
             in_flight=self._batcher.outstanding,
             database_available=self._sink.database_available,
             known_devices=len(self._devices.ids),
+        )
+
+    def _metric_samples(self) -> Iterable[Sample]:
+        s = self.stats()
+        return (
+            ("counter", "messages_in", "Messages received from the broker", s.messages_in),
+            ("counter", "messages_ignored", "Protocol messages owned by other services, not stored", s.ignored),
+            ("counter", "rows_out", "Rows committed to PostgreSQL (telemetry, events, dead letters)", s.rows_out),
+            ("counter", "telemetry_rows", "Telemetry rows committed", s.telemetry_rows),
+            ("counter", "event_rows", "Device event rows committed", s.event_rows),
+            (
+                "counter",
+                "dead_letters",
+                "Dead letters committed (bad input, unknown devices, rejected rows)",
+                s.dead_letters,
+            ),
+            ("counter", "duplicates", "Redelivered rows the unique keys skipped", s.duplicates),
+            ("counter", "rejected_rows", "Rows the database refused (stored as dead letters)", s.rejected_rows),
+            ("counter", "seq_gaps", "Per-device sequence jumps of more than one", s.seq_gaps),
+            ("counter", "seq_missing", "Sequence values skipped by those jumps", s.seq_missing),
+            ("counter", "batches_written", "Batches committed to PostgreSQL", s.batches_written),
+            ("counter", "batches_spooled", "Batches written to the spool during an outage", s.batches_spooled),
+            ("counter", "rows_spooled", "Rows written to the spool during an outage", s.rows_spooled),
+            ("counter", "segments_replayed", "Spool segments replayed into PostgreSQL", s.segments_replayed),
+            ("gauge", "spool_bytes", "Bytes waiting in the on-disk spool", s.spool_bytes),
+            ("gauge", "spool_segments", "Segments waiting in the on-disk spool", s.spool_segments),
+            ("gauge", "in_flight", "Messages received but not yet durable (not acknowledged)", s.in_flight),
+            (
+                "gauge",
+                "database_available",
+                "1 while batches go to PostgreSQL, 0 while they are spooled",
+                s.database_available,
+            ),
+            ("gauge", "known_devices", "Registered device ids ingest knows", s.known_devices),
         )
 
     # --- hot path -------------------------------------------------------------------------------
@@ -157,7 +199,9 @@ class Ingest:
     async def _write_loop(self) -> None:
         while True:
             pending = await self._batcher.get()
+            started = time.perf_counter()
             await self._sink.store(pending.rows)
+            self._batch_seconds.observe(time.perf_counter() - started)
             self._batcher.resolve(pending)
 
     async def _receive_loop(self, ready: asyncio.Event | None) -> None:
@@ -195,10 +239,20 @@ class Ingest:
                 tg.create_task(self._sink.drain_loop(), name="ingest.drain_loop")
                 tg.create_task(self._write_loop(), name="ingest.write_loop")
                 self._receive_task = tg.create_task(self._receive_loop(ready), name="ingest.receive_loop")
+                if self.settings.metrics_port:
+                    tg.create_task(self._serve_metrics(), name="ingest.metrics")
         finally:
             await self._live.close()
             await self._replay.close()
             await self._spool.close()
+
+    async def _serve_metrics(self) -> None:
+        # Metrics are for people; a port clash must not stop the stream into the database.
+        host, port = self.settings.metrics_host, self.settings.metrics_port
+        try:
+            await serve_metrics(self.metrics, host=host, port=port)
+        except OSError as err:
+            _LOGGER.error("cannot serve metrics on %s:%d (%r); ingest carries on without them", host, port, err)  # noqa: TRY400
 
     async def run(self, *, ready: asyncio.Event | None = None) -> None:
         """Run until cancelled. An instance runs once.

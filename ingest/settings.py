@@ -42,6 +42,9 @@ class IngestSettings(CommonSettings):
     db_command_timeout_s: float = Field(default=30.0, gt=0)
     #: On shutdown, how long to keep writing so that what was received can still be acknowledged.
     shutdown_timeout_s: float = Field(default=5.0, ge=0)
+    #: Prometheus ``/metrics`` port; 0 (the default) serves no endpoint. Each worker needs its own.
+    metrics_port: int = Field(default=0, ge=0, le=65_535)
+    metrics_host: str = "127.0.0.1"
 
     @field_validator("share_group")
     @classmethod

@@ -81,6 +81,11 @@ class IngestStats:
     known_devices: int
 
     @property
+    def rows_out(self) -> int:
+        """Every row committed: telemetry, events and dead letters."""
+        return self.telemetry_rows + self.event_rows + self.dead_letters
+
+    @property
     def rows_written(self) -> int:
         """Telemetry and event rows committed (dead letters not included)."""
         return self.telemetry_rows + self.event_rows

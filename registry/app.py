@@ -27,7 +27,14 @@ from registry.deps import (
     DATABASE_UNAVAILABLE,
     RegistryState,
 )
-from registry.routes import api_router
+from registry.routes import api_router, catalogue, installations
+from registry.routes import auth as auth_routes
+from registry.routes import finance as finance_routes
+from registry.routes import progress as progress_routes
+from registry.routes import rosters as roster_routes
+from registry.routes import settlement as settlement_routes
+from registry.routes import slips as slip_routes
+from registry.routes import spotchecks as spotcheck_routes
 from registry.settings import RegistrySettings
 
 _LOGGER = logging.getLogger(__name__)
@@ -37,8 +44,11 @@ DESCRIPTION = """\
 Registry of the Wushen Banner (乌审旗) gas-safety programme: households, devices, alarm→valve links
 and incidents.
 
-Read-only for now. Resident names and phone numbers are always masked (e.g. `138****5678`); unmasked
-personal data will only be served to authenticated roles that need it.
+Every call but `/health`, the public programme progress page (`/progress/public`) and the slip
+verification page (`/slips/check/{code}`) is authenticated; those three show no personal data.
+People log in at `POST /auth/login` (session cookie), machines send `Authorization: Bearer <token>`.
+What a caller sees depends on its role; resident names and phone numbers are masked (e.g. `138****5678`),
+and every read of a full number is audited.
 """
 
 
@@ -87,6 +97,17 @@ def create_app(settings: RegistrySettings) -> FastAPI:
 
     app = FastAPI(title=TITLE, description=DESCRIPTION, version=_version(), lifespan=lifespan)
     app.include_router(api_router)
+    app.include_router(auth_routes.router)
+    app.include_router(auth_routes.audit_router)
+    app.include_router(catalogue.router)
+    app.include_router(installations.router)
+    # Programme administration (rosters, slips, finance, settlement, spot checks, progress).
+    app.include_router(roster_routes.router)
+    app.include_router(slip_routes.router)
+    app.include_router(finance_routes.router)
+    app.include_router(settlement_routes.router)
+    app.include_router(spotcheck_routes.router)
+    app.include_router(progress_routes.router)
     for error in CONNECTION_LOST_ERRORS:
         app.add_exception_handler(error, _database_lost)
     return app

@@ -1,8 +1,8 @@
 """API models of the registry, in families per resource (``XPublic``, ``XsPublic``, ``XDetailPublic``).
 
 Personal data is masked by the field types themselves (`MaskedPhone`, `MaskedName`, `Scrubbed`), so a
-route cannot forget to mask and re-validating an already masked value changes nothing. Unmasked
-phone numbers are not served at all until authentication and roles exist (domain requirement 26).
+route cannot forget to mask and re-validating an already masked value changes nothing. A full phone
+number is served only by `ContactPublic`, to roles that need it, and every such read is audited.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue
 
 GasType = Literal["NG", "LPG"]
 DeviceKind = Literal["alarm", "shutoff_valve", "self_closing_valve", "hose", "regulator"]
-IncidentKind = Literal["gas_alarm", "valve_not_closed"]
+IncidentKind = Literal[
+    "gas_alarm", "valve_not_closed", "device_fault", "end_of_life", "offline", "low_battery", "mains_loss", "cluster"
+]
 IncidentState = Literal["NEW", "NOTIFIED", "ACKNOWLEDGED", "DISPATCHED", "ON_SITE", "RESOLVED", "CLOSED"]
 
 # A mainland mobile number anywhere inside free text (not part of a longer digit run).
@@ -151,19 +153,25 @@ class HouseholdPublic(_Public):
     monitored: bool = Field(
         description="True only for NG households with an alarm linked to a shut-off valve; LPG never.",
     )
+    unprotected: bool = Field(
+        description="A fitted device is past its service life, or the programme's kit is not in place.",
+    )
+    hazard: ScrubbedText | None = Field(default=None, description="Recorded hazard (隐患), if any.")
     created_at: datetime
 
     @classmethod
-    def from_record(cls, row: Row) -> HouseholdPublic:
-        """Build from a `registry.queries` household row."""
+    def from_record(cls, row: Row, *, personal: bool = True) -> HouseholdPublic:
+        """Build from a `registry.queries` household row; ``personal=False`` omits resident details."""
         return cls(
             id=row["id"],
             place=PlacePublic.from_record(row),
             gas_type=row["gas_type"],
             supplier=row["supplier"],
-            resident_name=row["resident_name"],
-            resident_phone=row["resident_phone"],
+            resident_name=row["resident_name"] if personal else None,
+            resident_phone=row["resident_phone"] if personal else None,
             monitored=row["monitored"],
+            unprotected=row["unprotected"],
+            hazard=row["hazard"],
             created_at=row["created_at"],
         )
 
@@ -262,8 +270,10 @@ class IncidentPublic(_Public):
     """An incident's current state."""
 
     id: int
-    household_id: int
-    place: PlacePublic
+    #: None for a cluster incident, which belongs to ``scope`` (a building or a community).
+    household_id: int | None
+    scope: str | None
+    place: PlacePublic | None
     kind: IncidentKind
     severity: Literal["info", "warning", "critical"]
     state: IncidentState
@@ -282,7 +292,8 @@ class IncidentPublic(_Public):
     def fields_from_record(cls, row: Row) -> dict[str, Any]:
         """The constructor arguments taken from a `registry.queries` incident row."""
         names = IncidentPublic.model_fields.keys() - {"place"}
-        return {name: row[name] for name in names} | {"place": PlacePublic.from_record(row)}
+        place = PlacePublic.from_record(row) if row["household_id"] is not None else None
+        return {name: row[name] for name in names} | {"place": place}
 
     @classmethod
     def from_record(cls, row: Row) -> IncidentPublic:
@@ -350,3 +361,166 @@ class IncidentDetailPublic(IncidentPublic):
     timeline: list[IncidentEventPublic]
     commands: list[ValveCommandPublic]
     notifications: list[NotificationPublic]
+
+
+# Writes and unmasked contact data (behind roles; every use audited)
+
+PHONE_PATTERN = r"^1[3-9][0-9]{9}$"
+CODE_PATTERN = r"^[0-9]{12}$"
+SUPPLIER_NG = "乌审中燃"
+
+
+class _Input(BaseModel):
+    """Base of request bodies: immutable, unknown fields refused."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
+
+
+class ContactPublic(_Public):
+    """A household's resident with the full phone number; reading it is recorded in the audit log."""
+
+    household_id: int
+    resident_name: str | None
+    resident_phone: str | None
+
+
+class HouseholdCreate(_Input):
+    """A new household; the community code is its identity, names are display only."""
+
+    community_code: Annotated[str, Field(pattern=CODE_PATTERN)]
+    building: Annotated[str, Field(min_length=1, max_length=40)]
+    unit: Annotated[str, Field(min_length=1, max_length=40)]
+    room: Annotated[str, Field(min_length=1, max_length=40)]
+    gas_type: GasType
+    supplier: Annotated[str, Field(min_length=1, max_length=100)]
+    resident_name: Annotated[str, Field(min_length=1, max_length=50)] | None = None
+    resident_phone: Annotated[str, Field(pattern=PHONE_PATTERN)] | None = None
+    hazard: Annotated[str, Field(max_length=500)] | None = None
+
+
+class HouseholdUpdate(_Input):
+    """Fields of a household that may change; omitted fields stay as they are."""
+
+    supplier: Annotated[str, Field(min_length=1, max_length=100)] | None = None
+    resident_name: Annotated[str, Field(min_length=1, max_length=50)] | None = None
+    resident_phone: Annotated[str, Field(pattern=PHONE_PATTERN)] | None = None
+    hazard: Annotated[str, Field(max_length=500)] | None = None
+
+
+class DeviceModelCreate(_Input):
+    """A device model for the catalogue (the procurement step)."""
+
+    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")]
+    manufacturer: Annotated[str, Field(min_length=1, max_length=100)]
+    model: Annotated[str, Field(min_length=1, max_length=100)]
+    kind: DeviceKind
+    gas_type: GasType
+    low_alarm_lel: Annotated[float, Field(gt=0, le=100)] | None = None
+    high_alarm_lel: Annotated[float, Field(gt=0, le=100)] | None = None
+    heartbeat_s: Annotated[int, Field(gt=0)] | None = None
+    close_confirm_timeout_s: Annotated[int, Field(gt=0)] | None = None
+    service_life_years: Annotated[int, Field(gt=0, le=50)]
+    bearer: Annotated[str, Field(max_length=40)] | None = None
+
+
+class DeviceModelDetailPublic(DeviceModelPublic):
+    """A catalogue entry with its set points and timing."""
+
+    low_alarm_lel: float | None
+    high_alarm_lel: float | None
+    heartbeat_s: int | None
+    close_confirm_timeout_s: int | None
+
+
+class CommunityDetailPublic(CommunityPublic):
+    """A community with its town and the year its buildings went up (for the installation queue)."""
+
+    town_code: str
+    built_year: int | None
+
+
+# Incident actions (duty operators) and the emergency-management overview
+
+Disposition = Literal["real_leak", "appliance_fault", "false_alarm_cooking", "device_fault", "test"]
+
+
+class AcknowledgeRequest(_Input):
+    """Take ownership of an incident."""
+
+    note: Annotated[str, Field(max_length=500)] | None = None
+
+
+class CallbackRequest(_Input):
+    """The outcome of calling the resident back."""
+
+    reached: bool
+    outcome: Annotated[str, Field(min_length=1, max_length=500)]
+
+
+class DispatchRequest(_Input):
+    """Send a crew."""
+
+    crew: Annotated[str, Field(min_length=1, max_length=200)]
+    eta_minutes: Annotated[int, Field(ge=0, le=24 * 60)] | None = None
+
+
+class OnSiteRequest(_Input):
+    """What the crew found and did on site."""
+
+    technician: Annotated[str, Field(min_length=1, max_length=100)]
+    arrived_at: datetime
+    detector_lel: Annotated[float, Field(ge=0, le=100)]
+    cause: Annotated[str, Field(min_length=1, max_length=500)]
+    action: Annotated[str, Field(min_length=1, max_length=500)]
+    valve_reopened_on_site: bool
+    resident_present: bool
+    notes: Annotated[str, Field(max_length=1000)] | None = None
+
+
+class ResolveRequest(_Input):
+    """The hazard is over."""
+
+    note: Annotated[str, Field(max_length=500)] | None = None
+
+
+class CloseRequest(_Input):
+    """Close with a disposition."""
+
+    disposition: Disposition
+    note: Annotated[str, Field(max_length=500)] | None = None
+
+
+class IncidentCountPublic(_Public):
+    """Active incidents of one community, by kind and severity."""
+
+    town_code: str | None
+    town_name: str | None
+    community_code: str | None
+    community_name: str | None
+    kind: str
+    severity: str
+    count: int
+
+
+class EscalatedIncidentPublic(_Public):
+    """An active incident that has escalated, with its place and no personal data."""
+
+    id: int
+    kind: str
+    severity: str
+    state: str
+    town_name: str | None
+    community_code: str | None
+    community_name: str | None
+    building: str | None
+    opened_at: datetime
+    escalation_steps_fired: int
+    valve_closed_at: datetime | None
+
+
+class IncidentOverviewPublic(_Public):
+    """The county view for emergency management: aggregates and escalated incidents, no phone numbers."""
+
+    active_total: int
+    by_community: list[IncidentCountPublic]
+    escalated: list[EscalatedIncidentPublic]

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
+
+if TYPE_CHECKING:
+    from registry.auth import Scope
 
 #: What every query accepts: a plain connection or one borrowed from a pool.
 Conn: TypeAlias = asyncpg.Connection | PoolConnectionProxy
@@ -37,6 +40,23 @@ class _Where:
         """The ``WHERE`` clause, or nothing."""
         return f"WHERE {' AND '.join(self.clauses)}" if self.clauses else ""
 
+    def scope(self, scope: Scope | None) -> None:
+        """Restrict to the households (alias ``h``) that ``scope`` may see; None means all."""
+        if scope is None or scope.all_households:
+            return
+        if scope.community_code is not None:
+            self.add("h.community_code = {}", scope.community_code)
+        elif scope.supplier is not None:
+            self.add("h.supplier = {}", scope.supplier)
+        elif scope.installer_id is not None:
+            self.add(
+                "EXISTS (SELECT 1 FROM installation_job j WHERE j.household_id = h.id AND j.installer_id = {}"
+                " AND j.state <> 'cancelled')",
+                scope.installer_id,
+            )
+        else:
+            self.clauses.append("false")  # a scope that names nothing sees nothing
+
 
 _PLACE_COLUMNS = """
     h.building, h.unit, h.room,
@@ -61,17 +81,38 @@ _MONITORED = """
           AND am.kind = 'alarm' AND vm.kind = 'shutoff_valve'
     ))"""
 
+#: Today in China Standard Time, against which service lives are judged.
+CHINA_TODAY_SQL = "(now() AT TIME ZONE 'Asia/Shanghai')::date"
+
+# Unprotected: any fitted device past its service life, or the programme's kit not in place
+# (NG: alarm linked to a shut-off valve; LPG: a regulator and a hose).
+_UNPROTECTED = f"""
+    (EXISTS (
+        SELECT 1 FROM device d JOIN device_model m ON m.id = d.model_id
+        WHERE d.household_id = h.id AND d.installed_on IS NOT NULL
+          AND (d.installed_on + make_interval(years => m.service_life_years))::date <= {CHINA_TODAY_SQL}
+    ) OR (h.gas_type = 'NG' AND NOT {_MONITORED})
+      OR (h.gas_type = 'LPG' AND NOT (
+        EXISTS (SELECT 1 FROM device d JOIN device_model m ON m.id = d.model_id
+                WHERE d.household_id = h.id AND m.kind = 'regulator')
+        AND EXISTS (SELECT 1 FROM device d JOIN device_model m ON m.id = d.model_id
+                    WHERE d.household_id = h.id AND m.kind = 'hose'))))"""
+
 _HOUSEHOLD_SELECT = f"""
-SELECT h.id, h.gas_type, h.supplier, h.resident_name, h.resident_phone, h.created_at,
+SELECT h.id, h.gas_type, h.supplier, h.resident_name, h.resident_phone, h.created_at, h.updated_at, h.hazard,
        {_PLACE_COLUMNS},
-       {_MONITORED} AS monitored
+       {_MONITORED} AS monitored,
+       {_UNPROTECTED} AS unprotected
 FROM household h
 {_PLACE_JOINS}
 """
 
 
-def _household_where(*, town_code: str | None, community_code: str | None, gas_type: str | None) -> _Where:
+def _household_where(
+    *, town_code: str | None, community_code: str | None, gas_type: str | None, scope: Scope | None = None
+) -> _Where:
     where = _Where()
+    where.scope(scope)
     if town_code is not None:
         where.add("c.town_code = {}", town_code)
     if community_code is not None:
@@ -87,10 +128,15 @@ async def ping(*, conn: Conn) -> None:
 
 
 async def count_households(
-    *, conn: Conn, town_code: str | None = None, community_code: str | None = None, gas_type: str | None = None
+    *,
+    conn: Conn,
+    town_code: str | None = None,
+    community_code: str | None = None,
+    gas_type: str | None = None,
+    scope: Scope | None = None,
 ) -> int:
-    """Number of households matching the filters."""
-    where = _household_where(town_code=town_code, community_code=community_code, gas_type=gas_type)
+    """Number of households matching the filters (within ``scope``)."""
+    where = _household_where(town_code=town_code, community_code=community_code, gas_type=gas_type, scope=scope)
     sql = f"SELECT count(*) FROM household h JOIN community c ON c.code = h.community_code {where.sql()}"
     count: int = await conn.fetchval(sql, *where.args)
     return count
@@ -104,9 +150,10 @@ async def list_households(
     town_code: str | None = None,
     community_code: str | None = None,
     gas_type: str | None = None,
+    scope: Scope | None = None,
 ) -> list[asyncpg.Record]:
-    """Households in id order, starting after household ``after``."""
-    where = _household_where(town_code=town_code, community_code=community_code, gas_type=gas_type)
+    """Households in id order, starting after household ``after`` (within ``scope``)."""
+    where = _household_where(town_code=town_code, community_code=community_code, gas_type=gas_type, scope=scope)
     if after is not None:
         where.add("h.id > {}", after)
     sql = f"{_HOUSEHOLD_SELECT} {where.sql()} ORDER BY h.id LIMIT {where.param(limit)}"
@@ -118,17 +165,28 @@ async def get_household(*, conn: Conn, household_id: int) -> asyncpg.Record | No
     return await conn.fetchrow(f"{_HOUSEHOLD_SELECT} WHERE h.id = $1", household_id)
 
 
+async def household_in_scope(*, conn: Conn, household_id: int, scope: Scope | None) -> bool:
+    """Whether ``scope`` may see household ``household_id`` (which must exist)."""
+    where = _Where()
+    where.add("h.id = {}", household_id)
+    where.scope(scope)
+    found: bool = await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM household h {where.sql()})", *where.args)
+    return found
+
+
 _DEVICE_SELECT = """
 SELECT d.id, d.household_id, d.model_id, d.serial, d.imei, d.manufactured_on, d.installed_on,
        (d.installed_on + make_interval(years => m.service_life_years))::date AS expires_on,
        m.manufacturer, m.model, m.kind, m.gas_type AS model_gas_type, m.service_life_years, m.bearer
 FROM device d
 JOIN device_model m ON m.id = d.model_id
+JOIN household h ON h.id = d.household_id
 """
 
 
-def _device_where(*, kind: str | None, household_id: int | None) -> _Where:
+def _device_where(*, kind: str | None, household_id: int | None, scope: Scope | None = None) -> _Where:
     where = _Where()
+    where.scope(scope)
     if kind is not None:
         where.add("m.kind = {}", kind)
     if household_id is not None:
@@ -136,10 +194,15 @@ def _device_where(*, kind: str | None, household_id: int | None) -> _Where:
     return where
 
 
-async def count_devices(*, conn: Conn, kind: str | None = None, household_id: int | None = None) -> int:
-    """Number of devices matching the filters."""
-    where = _device_where(kind=kind, household_id=household_id)
-    sql = f"SELECT count(*) FROM device d JOIN device_model m ON m.id = d.model_id {where.sql()}"
+async def count_devices(
+    *, conn: Conn, kind: str | None = None, household_id: int | None = None, scope: Scope | None = None
+) -> int:
+    """Number of devices matching the filters (within ``scope``)."""
+    where = _device_where(kind=kind, household_id=household_id, scope=scope)
+    sql = (
+        "SELECT count(*) FROM device d JOIN device_model m ON m.id = d.model_id"
+        f" JOIN household h ON h.id = d.household_id {where.sql()}"
+    )
     count: int = await conn.fetchval(sql, *where.args)
     return count
 
@@ -151,9 +214,10 @@ async def list_devices(
     after: str | None = None,
     kind: str | None = None,
     household_id: int | None = None,
+    scope: Scope | None = None,
 ) -> list[asyncpg.Record]:
-    """Devices in id order, starting after device ``after``."""
-    where = _device_where(kind=kind, household_id=household_id)
+    """Devices in id order, starting after device ``after`` (within ``scope``)."""
+    where = _device_where(kind=kind, household_id=household_id, scope=scope)
     if after is not None:
         where.add("d.id > {}", after)
     sql = f"{_DEVICE_SELECT} {where.sql()} ORDER BY d.id LIMIT {where.param(limit)}"
@@ -198,19 +262,25 @@ async def list_device_links(*, conn: Conn, device_id: str) -> list[asyncpg.Recor
     )
 
 
+# Cluster incidents belong to a building or community, not one household: hence the outer joins.
+# Scoped roles filter on ``h`` and so see only their households' incidents; clusters go to county-wide roles.
 _INCIDENT_SELECT = f"""
-SELECT i.id, i.household_id, i.kind, i.severity, i.state, i.alarm_device_id, i.alarm_state, i.alarm_lel,
+SELECT i.id, i.household_id, i.scope, i.kind, i.severity, i.state, i.alarm_device_id, i.alarm_state, i.alarm_lel,
        i.alarm_device_ts, i.alarm_received_at, i.command_sent_at, i.valve_closed_at, i.opened_at,
        i.closed_at, i.disposition,
        {_PLACE_COLUMNS}
 FROM incident i
-JOIN household h ON h.id = i.household_id
-{_PLACE_JOINS}
+LEFT JOIN household h ON h.id = i.household_id
+LEFT JOIN community c ON c.code = h.community_code
+LEFT JOIN town t ON t.code = c.town_code
 """
 
 
-def _incident_where(*, state: str | None, kind: str | None, household_id: int | None) -> _Where:
+def _incident_where(
+    *, state: str | None, kind: str | None, household_id: int | None, scope: Scope | None = None
+) -> _Where:
     where = _Where()
+    where.scope(scope)
     if state is not None:
         where.add("i.state = {}", state)
     if kind is not None:
@@ -221,11 +291,17 @@ def _incident_where(*, state: str | None, kind: str | None, household_id: int | 
 
 
 async def count_incidents(
-    *, conn: Conn, state: str | None = None, kind: str | None = None, household_id: int | None = None
+    *,
+    conn: Conn,
+    state: str | None = None,
+    kind: str | None = None,
+    household_id: int | None = None,
+    scope: Scope | None = None,
 ) -> int:
-    """Number of incidents matching the filters."""
-    where = _incident_where(state=state, kind=kind, household_id=household_id)
-    count: int = await conn.fetchval(f"SELECT count(*) FROM incident i {where.sql()}", *where.args)
+    """Number of incidents matching the filters (within ``scope``)."""
+    where = _incident_where(state=state, kind=kind, household_id=household_id, scope=scope)
+    sql = f"SELECT count(*) FROM incident i LEFT JOIN household h ON h.id = i.household_id {where.sql()}"
+    count: int = await conn.fetchval(sql, *where.args)
     return count
 
 
@@ -237,9 +313,10 @@ async def list_incidents(
     state: str | None = None,
     kind: str | None = None,
     household_id: int | None = None,
+    scope: Scope | None = None,
 ) -> list[asyncpg.Record]:
     """Incidents newest first, starting after the incident whose ``(opened_at, id)`` is ``after``."""
-    where = _incident_where(state=state, kind=kind, household_id=household_id)
+    where = _incident_where(state=state, kind=kind, household_id=household_id, scope=scope)
     if after is not None:
         where.add("(i.opened_at, i.id) < ({}, {})", *after)
     sql = f"{_INCIDENT_SELECT} {where.sql()} ORDER BY i.opened_at DESC, i.id DESC LIMIT {where.param(limit)}"

@@ -30,3 +30,9 @@ class RegistrySettings(CommonSettings):
     shutdown_timeout_s: float = Field(
         default=5.0, gt=0, validation_alias=AliasChoices("GG_REGISTRY_SHUTDOWN_TIMEOUT_S")
     )
+    #: How long a login session lasts (people); bearer tokens for machines carry their own expiry.
+    session_ttl_s: int = Field(
+        default=12 * 3600, ge=60, le=30 * 86400, validation_alias=AliasChoices("GG_REGISTRY_SESSION_TTL_S")
+    )
+    #: Mark the session cookie ``Secure`` (HTTPS only); on by default, off for plain-HTTP local use.
+    cookie_secure: bool = Field(default=True, validation_alias=AliasChoices("GG_REGISTRY_COOKIE_SECURE"))

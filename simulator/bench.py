@@ -27,6 +27,7 @@ import math
 import os
 import platform
 import pwd
+import resource
 import secrets
 import shutil
 import signal
@@ -84,11 +85,10 @@ CLIENTS = ("gmqtt", "paho", "aiomqtt")
 _CLIENT_PACKAGES = {"gmqtt": "gmqtt", "paho": "paho-mqtt", "aiomqtt": "aiomqtt"}
 _CLIENT_MODULES = {"gmqtt": "gmqtt", "paho": "paho.mqtt", "aiomqtt": "aiomqtt"}
 
-#: The window every subscriber announces (MQTT 5 Receive Maximum); ingest's default, so the bare
-#: subscribers and ingest get the same number of unacknowledged messages from the broker.
-RECEIVE_MAXIMUM = 20_000
 #: How often the alarm benchmark asks the database whether the valve's closing has been recorded.
 POLL_INTERVAL_S = 0.002
+#: How often the ingest benchmark counts the telemetry rows (a count costs PostgreSQL a scan).
+COUNT_INTERVAL_S = 0.2
 _READY = "READY"
 _RESULT = "RESULT"
 _GO = "go"
@@ -247,13 +247,6 @@ class ChildProcess:
             return ""
         return "\n".join(text.splitlines()[-lines:])
 
-    def log_size(self) -> int:
-        """Bytes in the log so far (marks where shutdown output starts)."""
-        try:
-            return self.log_path.stat().st_size
-        except OSError:
-            return 0
-
     async def read_message(self, kind: str, timeout_s: float) -> dict[str, Any]:
         """Wait for the next ``KIND {json}`` line on the worker's stdout."""
         stdout = self.process.stdout
@@ -299,7 +292,10 @@ class ChildProcess:
         """End the process and reap it; returns its exit code."""
         process = self.process
         if process.stdin is not None and not process.stdin.is_closing():
+            # Workers stop by themselves at the end of their stdin; give them a moment to.
             process.stdin.close()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(process.wait(), 3)
         if process.returncode is None:
             with contextlib.suppress(OSError), self.log_path.open("a") as log:
                 log.write(f"\n{STOP_MARKER} {self.name}\n")
@@ -353,7 +349,13 @@ async def child_process(
     try:
         yield child
     finally:
-        await child.stop()
+        try:
+            await child.stop()
+        except BaseException:
+            # Cancelled or failed while stopping it: never leave it running.
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            raise
 
 
 def worker_argv(role: str, job: EchoJob | PublishJob | SubscribeJob | SmsJob) -> list[str]:
@@ -479,6 +481,7 @@ class MachineInfo:
     timescaledb: str
     clients: dict[str, str]
     load_before: tuple[float, float, float]
+    code: str
 
 
 def _cpu_model() -> str:
@@ -511,6 +514,71 @@ def client_available(client: str) -> bool:
         return importlib.util.find_spec(_CLIENT_MODULES[client]) is not None
     except ModuleNotFoundError:
         return False
+
+
+@dataclass(frozen=True, slots=True)
+class CpuSample:
+    """Cumulative CPU seconds: the whole machine (busy and stolen by the hypervisor) and this process tree."""
+
+    busy_s: float
+    steal_s: float
+    own_s: float
+
+    @classmethod
+    def now(cls) -> CpuSample:
+        """Read ``/proc/stat`` and this process's and its reaped children's usage."""
+        busy = steal = 0.0
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            # cpu user nice system idle iowait irq softirq steal ...
+            values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+            tick = os.sysconf("SC_CLK_TCK")
+            busy = (values[0] + values[1] + values[2] + values[5] + values[6]) / tick
+            steal = values[7] / tick
+        me, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return cls(busy, steal, me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime)
+
+
+@dataclass(frozen=True, slots=True)
+class CpuUse:
+    """Where the machine's CPU went during the run, in core-seconds."""
+
+    available_s: float
+    busy_s: float
+    steal_s: float
+    own_s: float
+
+    @property
+    def others_s(self) -> float:
+        """PostgreSQL (which the benchmark drives but does not own) and everything else on the machine."""
+        return max(self.busy_s - self.own_s, 0.0)
+
+
+async def _output(*argv: str, cwd: Path | None = None) -> str | None:
+    """Stdout of a short command, or None if it fails or takes more than 5 s."""
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *argv, cwd=cwd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+        )
+    except OSError:
+        return None
+    try:
+        out, _ = await asyncio.wait_for(process.communicate(), 5)
+    except TimeoutError:
+        process.kill()
+        await asyncio.wait_for(process.wait(), 5)
+        return None
+    return out.decode(errors="replace") if process.returncode == 0 else None
+
+
+async def code_version() -> str:
+    """The commit measured, and whether the working tree differed from it (read-only git queries)."""
+    commit = await _output("git", "rev-parse", "--short", "HEAD", cwd=PROJECT_ROOT)
+    if commit is None:
+        return "unknown (not a git checkout)"
+    status = await _output("git", "status", "--porcelain", "--untracked-files=no", cwd=PROJECT_ROOT) or ""
+    changed = len(status.splitlines())
+    suffix = f", with uncommitted changes to {changed} tracked file(s)" if changed else ""
+    return f"commit {commit.strip()}{suffix}"
 
 
 async def _mosquitto_version(mosquitto: str) -> str:
@@ -551,6 +619,7 @@ async def machine_info(conn: asyncpg.Connection, mosquitto: str) -> MachineInfo:
         timescaledb=timescale,
         clients={name: package_version(dist) or "not installed" for name, dist in _CLIENT_PACKAGES.items()},
         load_before=os.getloadavg(),
+        code=await code_version(),
     )
 
 
@@ -715,6 +784,16 @@ class _Published:
     payload_bytes: float
 
 
+def _split_devices(workdir: Path, name: str, devices: Sequence[str], parts: int) -> list[Path]:
+    """Write ``parts`` disjoint slices of ``devices`` to JSON files, one per publisher."""
+    paths = []
+    for index in range(parts):
+        path = workdir / f"{name}-{index}-devices.json"
+        path.write_text(json.dumps(list(devices[index::parts])))
+        paths.append(path)
+    return paths
+
+
 async def _publish_all(
     run: _Run,
     stack: contextlib.AsyncExitStack,
@@ -728,10 +807,7 @@ async def _publish_all(
     """Start ``publishers`` telemetry publishers over disjoint slices of ``devices``; wait until all are ready."""
     ts_start = (utcnow() - timedelta(seconds=rounds + 60)).replace(microsecond=0).timestamp()
     workers: list[ChildProcess] = []
-    for index in range(publishers):
-        chunk = list(devices[index::publishers])
-        devices_file = run.workdir / f"{name}-{index}-devices.json"
-        devices_file.write_text(json.dumps(chunk))
+    for index, devices_file in enumerate(_split_devices(run.workdir, name, devices, publishers)):
         job = PublishJob(
             url=run.broker.url,
             root=root,
@@ -769,12 +845,17 @@ async def _collect_publishers(workers: Sequence[ChildProcess], timeout_s: float)
     )
 
 
-def split_rates(
-    marks: Sequence[tuple[float, int]], first_at: float, split_at: float
-) -> tuple[float | None, float | None]:
-    """Receive rates before and after ``split_at`` from (time, count so far) marks; None where too few marks."""
-    before = [(first_at, 1), *((at, count) for at, count in marks if at <= split_at)]
-    after = [(at, count) for at, count in marks if at > split_at]
+def ingest_receive_maximum() -> int:
+    """Ingest's default MQTT 5 Receive Maximum; the bare subscribers announce the same window."""
+    from ingest.settings import IngestSettings
+
+    return int(IngestSettings.model_fields["receive_maximum"].default)
+
+
+def split_rates(points: Sequence[tuple[float, int]], split_at: float) -> tuple[float | None, float | None]:
+    """Rates before and after ``split_at`` from (time, count so far) points; None where too few points."""
+    before = [(at, count) for at, count in points if at <= split_at]
+    after = [(at, count) for at, count in points if at > split_at]
 
     def rate(points: Sequence[tuple[float, int]]) -> float | None:
         if len(points) < 2 or points[-1][0] <= points[0][0]:
@@ -799,7 +880,7 @@ async def bench_receive(
         topic_filter=Topics(root).everything(),
         probe_topic=f"{root}/bench/probe",
         expected=expected,
-        receive_maximum=RECEIVE_MAXIMUM,
+        receive_maximum=ingest_receive_maximum(),
         idle_s=5.0,
         client_id=f"{root}-sub",
         deadline_s=240,
@@ -827,7 +908,7 @@ async def bench_receive(
     first_at = float(outcome["first_at"])
     span = float(outcome["last_at"]) - first_at
     marks = [(float(at), int(count)) for at, count in outcome["marks"]]
-    during, after = split_rates(marks, first_at, published.done_at)
+    during, after = split_rates([(first_at, 1), *marks], published.done_at)
     result = ReceiveResult(
         client=client,
         version=version,
@@ -882,10 +963,52 @@ class SmsResult:
     expected: int
     received: int
     said_closed: int
+    #: Texts that did not say the valve is closed although it had reported closed at once.
+    not_closed_one_at_a_time: int
+    not_closed_burst: int
+    #: Alerting's ``resident_sms_hold_s``: how long a resident's text waits for the closed report.
+    hold_s: float
     drain_s: float
     #: Alarm received by alerting -> text accepted by the provider, for the one-at-a-time alarms and the burst.
     alarm_to_sms: LatencyStats | None
     burst_alarm_to_sms: LatencyStats | None
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmLegs:
+    """Where an alarm's time goes, from alerting's stored timestamps and the driver's wall clock.
+
+    ``in_alerting`` and ``closed_in_alerting`` use alerting's clock only; the others compare it with the
+    driver's (one system clock, so comparable to a few microseconds).
+    """
+
+    to_alerting: LatencyStats
+    in_alerting: LatencyStats
+    to_valve: LatencyStats
+    closed_in_alerting: LatencyStats
+    closed_to_recorded: LatencyStats
+
+
+def _alarm_legs(
+    rows: Sequence[asyncpg.Record],
+    households: Sequence[BenchHousehold],
+    sent: Mapping[int, datetime],
+    commanded: Mapping[str, datetime],
+    recorded: Mapping[int, datetime],
+) -> AlarmLegs:
+    by_household = {r["household_id"]: r for r in rows}
+    legs: dict[str, list[float]] = {name: [] for name in AlarmLegs.__dataclass_fields__}
+    for household in households:
+        row = by_household.get(household.household_id)
+        if row is None or row["command_sent_at"] is None or row["valve_closed_at"] is None:
+            continue
+        received, issued, closed = row["alarm_received_at"], row["command_sent_at"], row["valve_closed_at"]
+        legs["to_alerting"].append((received - sent[household.household_id]).total_seconds())
+        legs["in_alerting"].append((issued - received).total_seconds())
+        legs["to_valve"].append((commanded[household.valve_id] - issued).total_seconds())
+        legs["closed_in_alerting"].append((closed - received).total_seconds())
+        legs["closed_to_recorded"].append((recorded[household.household_id] - closed).total_seconds())
+    return AlarmLegs(**{name: LatencyStats.of(samples) for name, samples in legs.items()})
 
 
 @dataclass(frozen=True, slots=True)
@@ -897,8 +1020,7 @@ class AlarmResult:
     gap_s: float
     to_command: LatencyStats
     to_recorded: LatencyStats
-    server_to_command: LatencyStats
-    server_to_closed: LatencyStats
+    legs: AlarmLegs
     poll_query: LatencyStats
     incidents: int
     closed_recorded: int
@@ -917,6 +1039,8 @@ class _ValvePlayer:
         self.topics = topics
         self.session: MqttSession | None = None
         self.command_at: dict[str, float] = {}
+        #: Wall-clock arrival of each valve's first command, to compare with alerting's own timestamps.
+        self.command_wall: dict[str, datetime] = {}
         self.commands = 0
         self.repeats = 0
         self._waiters: dict[str, asyncio.Future[float]] = {}
@@ -943,6 +1067,7 @@ class _ValvePlayer:
         first = valve_id not in self.command_at
         if first:
             self.command_at[valve_id] = arrived
+            self.command_wall[valve_id] = utcnow()
             waiter = self._waiters.pop(valve_id, None)
             if waiter is not None and not waiter.done():
                 waiter.set_result(arrived)
@@ -971,14 +1096,19 @@ class _ClosedPoller:
 
     def __init__(self, conn: asyncpg.Connection) -> None:
         self._conn = conn
+        self._statement: asyncpg.prepared_stmt.PreparedStatement | None = None
         self.query_s: list[float] = []
+        #: Wall-clock time each household's closing was first seen.
+        self.closed_wall: dict[int, datetime] = {}
 
     async def wait_closed(self, household_id: int, timeout_s: float) -> float:
         """The ``perf_counter`` time a poll first saw ``valve_closed_at`` set for the household's incident."""
-        statement = await self._conn.prepare(
-            "SELECT valve_closed_at IS NOT NULL FROM incident"
-            " WHERE household_id = $1 AND kind = 'gas_alarm' AND state <> 'CLOSED'"
-        )
+        if self._statement is None:
+            self._statement = await self._conn.prepare(
+                "SELECT valve_closed_at IS NOT NULL FROM incident"
+                " WHERE household_id = $1 AND kind = 'gas_alarm' AND state <> 'CLOSED'"
+            )
+        statement = self._statement
         try:
             async with asyncio.timeout(timeout_s):
                 while True:
@@ -987,6 +1117,7 @@ class _ClosedPoller:
                     answered = time.perf_counter()
                     self.query_s.append(answered - asked)
                     if closed:
+                        self.closed_wall[household_id] = utcnow()
                         return answered
                     await asyncio.sleep(POLL_INTERVAL_S)
         except TimeoutError as err:
@@ -1045,19 +1176,37 @@ async def _wait_sms(http: httpx.AsyncClient, expected: int, timeout_s: float) ->
     return received, time.perf_counter()
 
 
-async def _sms_latencies(conn: asyncpg.Connection, messages: Sequence[Mapping[str, Any]]) -> dict[int, float]:
-    """Alarm received by alerting -> text accepted by the provider, per household (wall clocks)."""
-    accepted: dict[int, datetime] = {}
+@dataclass(frozen=True, slots=True)
+class _Text:
+    """One resident text as the provider received it."""
+
+    latency_s: float
+    said_closed: bool
+
+
+async def _resident_texts(
+    conn: asyncpg.Connection, messages: Sequence[Mapping[str, Any]], closed_text: str
+) -> dict[int, _Text]:
+    """Per household: alarm received by alerting -> text accepted by the provider (wall clocks), and its wording."""
+    accepted: dict[int, tuple[datetime, bool]] = {}
     for message in messages:
+        # Alerting sends each job with OutId gg-<outbox id>-<attempt>.
         parts = str(message.get("out_id", "")).split("-")
         if len(parts) == 3 and parts[0] == "gg" and parts[1].isdigit():
-            accepted[int(parts[1])] = datetime.fromisoformat(str(message["received_at"]))
+            said_closed = message.get("params", {}).get("valve") == closed_text
+            accepted[int(parts[1])] = (datetime.fromisoformat(str(message["received_at"])), said_closed)
     rows = await conn.fetch(
         "SELECT o.id, i.household_id, i.alarm_received_at FROM notification_outbox o"
         " JOIN incident i ON i.id = o.incident_id WHERE o.id = ANY($1::bigint[]) AND o.recipient_role = 'resident'",
         list(accepted),
     )
-    return {r["household_id"]: (accepted[r["id"]] - r["alarm_received_at"]).total_seconds() for r in rows}
+    return {
+        r["household_id"]: _Text(
+            latency_s=(accepted[r["id"]][0] - r["alarm_received_at"]).total_seconds(),
+            said_closed=accepted[r["id"]][1],
+        )
+        for r in rows
+    }
 
 
 async def bench_alarms(
@@ -1115,6 +1264,8 @@ async def bench_alarms(
             )
         )
         await alerting.wait_for_log("alerting ready", timeout_s=60)
+        if "alerting ready (standby)" in alerting.log_tail():
+            raise BenchError("alerting started as a standby engine; the benchmark needs the active one")
         session = MqttSession(
             run.broker.endpoint(),
             client_id=f"{root}-devices",
@@ -1129,11 +1280,14 @@ async def bench_alarms(
         poller = _ClosedPoller(conn)
         seq = itertools.count(1)
 
+        sent_wall: dict[int, datetime] = {}
+
         async def alarm(household: BenchHousehold, *, attempts: int = 1) -> tuple[float, float]:
             topic = topics.device(household.alarm_id, Channel.EVENT)
             commanded = player.expect(household.valve_id)
             for attempt in range(attempts):
                 payload = encode(AlarmEvent(seq=next(seq), ts=utcnow(), state=AlarmState.HIGH_ALARM, lel=_ALARM_LEL))
+                sent_wall[household.household_id] = utcnow()
                 sent = time.perf_counter()
                 session.publish(topic, payload, qos=1)
                 try:
@@ -1165,9 +1319,9 @@ async def bench_alarms(
         messages_response = await http.get("/_sandbox/messages")
         messages_response.raise_for_status()
         messages: list[dict[str, Any]] = messages_response.json()
-        sms_latencies = await _sms_latencies(conn, messages)
+        texts = await _resident_texts(conn, messages, VALVE_CLOSED_TEXT)
         server = await conn.fetch(
-            "SELECT command_sent_at - alarm_received_at AS to_command, valve_closed_at - alarm_received_at AS to_closed"
+            "SELECT household_id, alarm_received_at, command_sent_at, valve_closed_at"
             " FROM incident WHERE kind = 'gas_alarm' AND household_id = ANY($1::bigint[])",
             [h.household_id for h in measured],
         )
@@ -1185,8 +1339,7 @@ async def bench_alarms(
         gap_s=gap_s,
         to_command=LatencyStats.of(to_command),
         to_recorded=LatencyStats.of(to_recorded),
-        server_to_command=LatencyStats.of([r["to_command"].total_seconds() for r in server if r["to_command"]]),
-        server_to_closed=LatencyStats.of([r["to_closed"].total_seconds() for r in server if r["to_closed"]]),
+        legs=_alarm_legs(server, measured, sent_wall, player.command_wall, poller.closed_wall),
         poll_query=poll_query,
         incidents=counts["incidents"],
         closed_recorded=counts["closed"],
@@ -1199,9 +1352,16 @@ async def bench_alarms(
             expected=expected_sms,
             received=sms_received,
             said_closed=sum(1 for m in messages if m.get("params", {}).get("valve") == VALVE_CLOSED_TEXT),
+            not_closed_one_at_a_time=sum(
+                1 for h in measured if h.household_id in texts and not texts[h.household_id].said_closed
+            ),
+            not_closed_burst=sum(
+                1 for h in stormed if h.household_id in texts and not texts[h.household_id].said_closed
+            ),
+            hold_s=float(AlertingSettings.model_fields["resident_sms_hold_s"].default),
             drain_s=sms_done_at - alarms_done_at,
-            alarm_to_sms=_stats_for(sms_latencies, measured),
-            burst_alarm_to_sms=_stats_for(sms_latencies, stormed),
+            alarm_to_sms=_stats_for(texts, measured),
+            burst_alarm_to_sms=_stats_for(texts, stormed),
         ),
     )
     _LOGGER.info(
@@ -1216,8 +1376,8 @@ async def bench_alarms(
     return result
 
 
-def _stats_for(by_household: Mapping[int, float], households: Sequence[BenchHousehold]) -> LatencyStats | None:
-    samples = [by_household[h.household_id] for h in households if h.household_id in by_household]
+def _stats_for(texts: Mapping[int, _Text], households: Sequence[BenchHousehold]) -> LatencyStats | None:
+    samples = [texts[h.household_id].latency_s for h in households if h.household_id in texts]
     return LatencyStats.of(samples) if samples else None
 
 
@@ -1263,6 +1423,8 @@ class IngestResult:
     publishers: int
     payload_bytes: float
     publish_rate: float
+    #: From the start signal to ingest receiving its first message (its clock) and to the first row committed.
+    first_received_after_s: float
     first_row_after_s: float
     commit_span_s: float
     rows_per_s: float
@@ -1273,6 +1435,9 @@ class IngestResult:
     distinct: int
     dead_letters: int
     events: int
+    #: Commit rate while the publishers were still sending, and after their last PUBACK (like section 2's).
+    rows_per_s_while_publishing: float | None = None
+    rows_per_s_after_publishers: float | None = None
 
     @property
     def complete(self) -> bool:
@@ -1282,10 +1447,21 @@ class IngestResult:
 
 def _time_at(samples: Sequence[tuple[float, int]], rows: float) -> float:
     """First sample time at which the count had reached ``rows``."""
+    return _sample_at(samples, rows)[0]
+
+
+def _sample_at(samples: Sequence[tuple[float, int]], rows: float) -> tuple[float, int]:
     for at, count in samples:
         if count >= rows:
-            return at
+            return at, count
     raise ValueError(f"the count never reached {rows}")
+
+
+def steady_rate(samples: Sequence[tuple[float, int]]) -> float:
+    """Rows per second between the samples at 10 % and 90 % of the final count (start-up and tail cut off)."""
+    final = samples[-1][1]
+    (low_at, low_count), (high_at, high_count) = _sample_at(samples, 0.1 * final), _sample_at(samples, 0.9 * final)
+    return per_second(high_count - low_count, high_at - low_at)
 
 
 async def bench_ingest(run: _Run, *, devices: Sequence[str], rounds: int, publishers: int) -> IngestResult:
@@ -1316,6 +1492,7 @@ async def bench_ingest(run: _Run, *, devices: Sequence[str], rounds: int, publis
                 run, stack, name="ingest", root=root, devices=devices, rounds=rounds, publishers=publishers
             )
             _LOGGER.info("ingest: %d messages over %d devices from %d publishers", expected, len(devices), publishers)
+            go_wall = utcnow()
             go_at = time.monotonic()
             for worker in workers:
                 worker.send(_GO)
@@ -1324,29 +1501,37 @@ async def bench_ingest(run: _Run, *, devices: Sequence[str], rounds: int, publis
             await asyncio.sleep(1.0)  # anything still arriving now would be a duplicate or a stray
             final = await conn.fetchrow(
                 "SELECT count(*) AS rows, count(DISTINCT (device_id, device_ts, seq)) AS distinct_rows,"
-                " extract(epoch FROM max(received_at) - min(received_at))::float8 AS receive_span FROM telemetry"
+                " extract(epoch FROM max(received_at) - min(received_at))::float8 AS receive_span,"
+                " min(received_at) AS first_received FROM telemetry"
             )
             assert final is not None
             dead_letters: int = await conn.fetchval(
-                "SELECT count(*) FROM dead_letter WHERE topic NOT LIKE '%/bench/probe'"
+                "SELECT count(*) FROM dead_letter WHERE starts_with(topic, $1) AND topic <> $2",
+                f"{root}/",
+                _probe_topic(root),
             )
             events: int = await conn.fetchval("SELECT count(*) FROM device_event")
     finally:
         await conn.close()
     first_at, first_count = next((at, count) for at, count in samples if count > 0)
-    last_at = _time_at(samples, expected) if samples[-1][1] >= expected else samples[-1][0]
+    last_at = _time_at(samples, samples[-1][1])
     rows = int(final["rows"])
-    low, high = _time_at(samples, 0.1 * expected), _time_at(samples, min(0.9 * expected, rows))
+    # From the first row to the last: samples after the count stopped growing would only dilute the rate.
+    growing = [(at, count) for at, count in samples if first_at <= at <= last_at]
+    while_publishing, after_publishers = split_rates(growing, published.done_at)
     result = IngestResult(
         messages=expected,
         devices=len(devices),
         publishers=publishers,
         payload_bytes=published.payload_bytes,
         publish_rate=per_second(published.sent, published.done_at - published.started_at),
+        first_received_after_s=(final["first_received"] - go_wall).total_seconds(),
         first_row_after_s=first_at - go_at,
         commit_span_s=last_at - first_at,
         rows_per_s=per_second(samples[-1][1] - first_count, last_at - first_at),
-        steady_rows_per_s=per_second(round(0.8 * expected), high - low),
+        steady_rows_per_s=steady_rate(samples),
+        rows_per_s_while_publishing=while_publishing,
+        rows_per_s_after_publishers=after_publishers,
         end_to_end_rows_per_s=per_second(samples[-1][1], last_at - go_at),
         receive_rows_per_s=per_second(rows - 1, float(final["receive_span"] or 0.0)),
         rows=rows,
@@ -1364,21 +1549,26 @@ async def bench_ingest(run: _Run, *, devices: Sequence[str], rounds: int, publis
     return result
 
 
+def _probe_topic(root: str) -> str:
+    """A topic under ``root`` that is not part of the protocol, so ingest dead-letters what arrives on it."""
+    return f"{root}/bench/probe"
+
+
 async def _probe_ingest(run: _Run, conn: asyncpg.Connection, root: str) -> None:
     """Publish to a topic outside the protocol until ingest dead-letters it: its subscription is live."""
     session = MqttSession(run.broker.endpoint(), client_id=f"{root}-probe")
     async with session:
         try:
             async with asyncio.timeout(30):
-                while not await conn.fetchval("SELECT count(*) FROM dead_letter"):
-                    session.publish(f"{root}/bench/probe", b"probe", qos=1)
+                while not await conn.fetchval("SELECT count(*) FROM dead_letter WHERE topic = $1", _probe_topic(root)):
+                    session.publish(_probe_topic(root), b"probe", qos=1)
                     await asyncio.sleep(0.5)
         except TimeoutError as err:
             raise BenchError("ingest did not take a probe message within 30 s") from err
 
 
 async def _count_rows(conn: asyncpg.Connection, expected: int, *, timeout_s: float) -> list[tuple[float, int]]:
-    """Sample ``count(*)`` of telemetry every 100 ms until it reaches ``expected`` or stops growing for 20 s."""
+    """Sample ``count(*)`` of telemetry every `COUNT_INTERVAL_S` until it reaches ``expected`` or stalls for 20 s."""
     samples: list[tuple[float, int]] = []
     last_growth = time.monotonic()
     with contextlib.suppress(TimeoutError):
@@ -1391,7 +1581,7 @@ async def _count_rows(conn: asyncpg.Connection, expected: int, *, timeout_s: flo
                 samples.append((now, count))
                 if count >= expected or now - last_growth > 20:
                     break
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(COUNT_INTERVAL_S)
     if not samples or samples[-1][1] == 0:
         raise BenchError("ingest wrote no telemetry rows")
     return samples
@@ -1405,7 +1595,7 @@ class Options:
     """What to run, and how much of it."""
 
     round_trips: int = 2000
-    receive_rounds: int = 5
+    receive_rounds: int = 3
     clients: tuple[str, ...] = CLIENTS
     alarms: int = 1000
     alarm_warmup: int = 20
@@ -1437,6 +1627,7 @@ class BenchReport:
 
     started: datetime
     duration_s: float
+    cpu: CpuUse
     machine: MachineInfo
     load_after: tuple[float, float, float]
     households: int
@@ -1484,6 +1675,7 @@ async def run_benchmarks(options: Options) -> BenchReport:
 
     started = utcnow()
     clock = time.monotonic()
+    cpu_before = CpuSample.now()
     alarm_households = options.alarm_warmup + options.alarms + options.burst
     # 10 % of the demo county is LPG, with nothing networked; NG households have an alarm and a valve.
     ng_needed = max(alarm_households, math.ceil(options.telemetry_devices / 2))
@@ -1541,9 +1733,18 @@ async def run_benchmarks(options: Options) -> BenchReport:
             if options.logs_dir is not None:
                 _keep_logs(workdir, options.logs_dir)
         findings = _all_findings(workdir)
+    duration_s = time.monotonic() - clock
+    cpu_after = CpuSample.now()
+    cpu = CpuUse(
+        available_s=duration_s * (os.cpu_count() or 1),
+        busy_s=cpu_after.busy_s - cpu_before.busy_s,
+        steal_s=cpu_after.steal_s - cpu_before.steal_s,
+        own_s=cpu_after.own_s - cpu_before.own_s,
+    )
     return BenchReport(
         started=started,
-        duration_s=time.monotonic() - clock,
+        duration_s=duration_s,
+        cpu=cpu,
         machine=machine,
         load_after=os.getloadavg(),
         households=county.households,
@@ -1587,7 +1788,10 @@ def render_report(report: BenchReport) -> str:
         "# GasGuard benchmarks\n\n"
         f"Measured on {report.started:%Y-%m-%d %H:%M} UTC by `python -m simulator.bench` (`make bench`), which writes"
         f" this file whole; the run took {report.duration_s:.0f} s. Re-run it on the target machine to refresh"
-        " the figures; they are from one run, not an average of several."
+        " the figures; they are from one run, not an average of several.\n\n"
+        "`make bench` also runs `python -m simulator.bench_ingest` (ingest with 80,000 devices, shared"
+        " subscriptions, memory: [benchmarks-ingest.md](benchmarks-ingest.md)) and `python -m simulator.bench_registry`"
+        " (roster import and API latency on 40,000 households: [benchmarks-registry.md](benchmarks-registry.md))."
     )
     sections.append(
         "## Machine\n\n"
@@ -1602,13 +1806,15 @@ def render_report(report: BenchReport) -> str:
                 ("PostgreSQL", m.postgresql),
                 ("TimescaleDB", m.timescaledb),
                 ("MQTT clients", ", ".join(f"{k} {v}" for k, v in m.clients.items())),
+                ("GasGuard code", m.code),
                 (
                     "Load average (1/5/15 min)",
-                    f"{_load(m.load_before)} before, {_load(report.load_after)} after (other work on the machine"
-                    " shares the cores)",
+                    f"{_load(m.load_before)} before the run, {_load(report.load_after)} after",
                 ),
+                ("CPU during the run", _cpu_text(report.cpu)),
             ],
         )
+        + _busy_warning(report)
     )
     sections.append(
         "## How it runs\n\n"
@@ -1642,6 +1848,25 @@ def render_report(report: BenchReport) -> str:
     return "\n\n".join(sections) + "\n"
 
 
+def _cpu_text(cpu: CpuUse) -> str:
+    return (
+        f"{cpu.busy_s:,.0f} of {cpu.available_s:,.0f} core-seconds busy ({cpu.busy_s / cpu.available_s:.0%});"
+        f" the benchmark's own processes (driver, workers, services, broker) {cpu.own_s:,.0f}, PostgreSQL and"
+        f" everything else {cpu.others_s:,.0f}; stolen by the hypervisor {cpu.steal_s:,.0f}"
+    )
+
+
+def _busy_warning(report: BenchReport) -> str:
+    load = report.machine.load_before[0]
+    if load < report.machine.cores / 2:
+        return ""
+    return (
+        f"\n\n**The machine was not idle:** its 1-minute load average was {load:.2f} on {report.machine.cores} cores"
+        " when the run started (other sessions' tests and benchmarks share it), so latency tails and rates here are"
+        " worse than on a quiet machine. PostgreSQL is shared with that other work."
+    )
+
+
 def _load(load: tuple[float, float, float]) -> str:
     return "/".join(f"{x:.2f}" for x in load)
 
@@ -1671,23 +1896,17 @@ def _receive_section(report: BenchReport) -> str:
             ]
         )
     payload = next((r.payload_bytes for r in report.receive if r.error is None), 0.0)
-    gm = _gmqtt_receive(report)
-    others = [r for r in report.receive if r.client != "gmqtt" and r.error is None and r.rate > 0]
-    meaning = ""
-    if gm is not None and others:
-        ratios = ", ".join(f"{gm.rate / r.rate:.1f}× {r.client}" for r in others)
-        meaning = f" Here gmqtt took messages at {ratios}."
     return (
         "## 2. Bare MQTT receive rate per client (baseline)\n\n"
         f"One subscriber process per client library subscribes to `<root>/#` at QoS 1 (Receive Maximum"
-        f" {RECEIVE_MAXIMUM:,}, as ingest uses); {report.ingest.publishers} publisher processes (gmqtt) send the"
-        f" same protocol-v1 telemetry as the ingest benchmark (average payload {payload:.0f} bytes, one topic per"
-        " device) as fast as the broker acknowledges it. The subscriber only counts and keeps the payloads. The rate"
-        " is from its first to its last message, split at the moment the publishers had their last PUBACK (the"
-        " subscriber notes the time of every 1,000th message); *lag* is how long after that moment the last"
-        " message arrived (positive: the subscriber was the bottleneck and the broker queued for it). gmqtt"
-        " runs through `MqttSession` (PUBACK after the handler returns, as in the services); paho-mqtt calls"
-        " `on_message` on its network thread; aiomqtt hands messages to an `async for` loop.\n\n"
+        f" {ingest_receive_maximum():,}, as ingest uses); {report.ingest.publishers} publisher processes (gmqtt)"
+        f" send the same protocol-v1 telemetry as the ingest benchmark (average payload {payload:.0f} bytes, one"
+        " topic per device) as fast as the broker acknowledges it. The subscriber only counts and keeps the"
+        " payloads. The rate is from its first to its last message, and is split at the moment the publishers"
+        " had their last PUBACK (the subscriber notes the time of every 1,000th message); *lag* is how long after"
+        " that moment the last message arrived (positive: the subscriber was the bottleneck and the broker queued"
+        " for it). gmqtt runs through `MqttSession` (PUBACK after the handler returns, as in the services);"
+        " paho-mqtt calls `on_message` on its network thread; aiomqtt hands messages to an `async for` loop.\n\n"
         + markdown_table(
             (
                 "client",
@@ -1703,10 +1922,42 @@ def _receive_section(report: BenchReport) -> str:
             ),
             rows,
         )
-        + "\n\n**What this means.** The receive rate of one Python process bounds one ingest worker before it"
-        " does any work; it is the baseline for section 4. The publishers, the broker and the subscriber share"
-        f" {report.machine.cores} cores, as ingest does in production on a machine this size.{meaning}"
+        + "\n\n**What this means.** "
+        + _receive_meaning(report)
     )
+
+
+def _receive_meaning(report: BenchReport) -> str:
+    """The paragraph under the receive figures, from the figures."""
+    measured = [r for r in report.receive if r.error is None and r.rate > 0]
+    text = (
+        "One subscriber process's receive rate is the ceiling of one ingest worker before it does any work of its"
+        " own, so gmqtt's is the baseline for section 4. The publishers, the broker and the subscriber share"
+        f" {report.machine.cores} cores."
+    )
+    gm = _gmqtt_receive(report)
+    others = [r for r in measured if r.client != "gmqtt"]
+    if gm is not None and others:
+        text += " Overall gmqtt took messages " + ", ".join(
+            f"{gm.rate / r.rate:.1f}× as fast as {r.client}" for r in others
+        )
+        gm_after = gm.rate_after_publishers
+        drained = [(r.client, r.rate_after_publishers) for r in others if r.rate_after_publishers]
+        if gm_after and drained:
+            text += "; alone with the broker, draining its queue once the publishers had finished, " + ", ".join(
+                f"{gm_after / rate:.1f}× {client}" for client, rate in drained
+            )
+        text += "."
+    if measured and all(r.complete for r in measured):
+        worst = max(measured, key=lambda r: r.lag_after_publishers_s)
+        text += (
+            " Every client received every message exactly once, even the one that fell"
+            f" {worst.lag_after_publishers_s:.0f} s behind its publishers ({worst.client}): with the shipped queue"
+            " limits the broker queued for it instead of dropping."
+        )
+    elif measured:
+        text += " **Some messages did not arrive exactly once: see the table.**"
+    return text
 
 
 def _alarm_section(report: BenchReport, rt: LatencyStats, al: AlarmResult) -> str:
@@ -1714,9 +1965,12 @@ def _alarm_section(report: BenchReport, rt: LatencyStats, al: AlarmResult) -> st
         _stats_row("bare broker round trip (section 1)", rt),
         _stats_row("**alarm → close command at the valve**", al.to_command),
         _stats_row("**alarm → valve closed recorded in PostgreSQL**", al.to_recorded),
-        _stats_row("inside alerting: alarm received → command sent", al.server_to_command),
-        _stats_row("inside alerting: alarm received → closed report received", al.server_to_closed),
-        _stats_row("poll query (resolution of the row above)", al.poll_query),
+        _stats_row("… alarm published → received by alerting", al.legs.to_alerting),
+        _stats_row("… received by alerting → close command published (inside alerting)", al.legs.in_alerting),
+        _stats_row("… close command published → received by the valve", al.legs.to_valve),
+        _stats_row("… alarm received by alerting → valve's closed report received", al.legs.closed_in_alerting),
+        _stats_row("… closed report received by alerting → visible in PostgreSQL", al.legs.closed_to_recorded),
+        _stats_row("poll query (resolution of the recorded figure)", al.poll_query),
     ]
     text = (
         "## 3. Alarm → close → recorded\n\n"
@@ -1732,9 +1986,13 @@ def _alarm_section(report: BenchReport, rt: LatencyStats, al: AlarmResult) -> st
         f" set. The driver polls `SELECT valve_closed_at IS NOT NULL FROM incident WHERE household_id = $1 …` every"
         f" {POLL_INTERVAL_S * 1000:.0f} ms on its own connection (nothing in the schema notifies on it, and the"
         " benchmark adds no trigger); the time taken is when the positive answer arrives, so the figure is late by"
-        f" at most one poll interval plus one query (p50 {format_ms(al.poll_query.p50)}).\n"
-        "- *inside alerting*: from the timestamps alerting itself stores (`alarm_received_at`, `command_sent_at`,"
-        " `valve_closed_at`), without the MQTT hops.\n\n"
+        f" at most one poll interval plus one query (p50 {format_ms(al.poll_query.p50)};"
+        f" {al.poll_query.count / al.alarms:.1f} queries per alarm, whose load on PostgreSQL is part of what is"
+        " measured).\n"
+        "- The rows starting with … split those times into legs using the timestamps alerting itself stores"
+        " (`alarm_received_at`, `command_sent_at`, `valve_closed_at`), compared with the driver's wall-clock"
+        " times of publishing the alarm, receiving the command and seeing the closing recorded (one system clock"
+        " for all processes).\n\n"
         + markdown_table(_LATENCY_HEADERS, rows)
         + "\n\n"
         + markdown_table(
@@ -1767,6 +2025,10 @@ def _alarm_section(report: BenchReport, rt: LatencyStats, al: AlarmResult) -> st
         ("resident texts expected (one per alarm, warm-up and burst included)", f"{sms.expected:,}"),
         ("received by the SMS sandbox", f"{sms.received:,}"),
         ("... saying the valve is closed (切断阀已关闭)", f"{sms.said_closed:,}"),
+        (
+            "... not saying so, although the valve had reported closed (one at a time / burst)",
+            f"{sms.not_closed_one_at_a_time:,} / {sms.not_closed_burst:,}",
+        ),
         ("drain: last alarm's closing recorded → last text received", format_ms(sms.drain_s)),
     ]
     for label, stats in (("one at a time", sms.alarm_to_sms), ("burst", sms.burst_alarm_to_sms)):
@@ -1778,17 +2040,62 @@ def _alarm_section(report: BenchReport, rt: LatencyStats, al: AlarmResult) -> st
                 )
             )
     text += "\n\n**SMS.**\n\n" + markdown_table(("", ""), sms_rows)
-    extra_ms = (al.to_command.p99 - rt.p99) * 1000
-    text += (
-        "\n\n**What this means.** The close command reaches the valve in"
-        f" {format_ms(al.to_command.p50)} at the median and {format_ms(al.to_command.p99)} at p99, against"
-        f" {format_ms(rt.p50)} / {format_ms(rt.p99)} for a bare round trip through the same broker: alerting's own"
-        f" work on the alarm path adds about {max(extra_ms, 0.0):.1f} ms at p99, because it publishes the command"
-        " from the in-memory directory before any database work. Recording the closing takes longer —"
-        f" {format_ms(al.to_recorded.p50)} at the median — because the recorder applies the alarm's records"
-        " (incident, timeline, command, outbox) one transaction each before the valve's report; that delays only"
-        " the record and the resident's text, never the valve."
+    text += "\n\n**What this means.** " + _alarm_meaning(rt, al)
+    return text
+
+
+def _from_burst(burst: int, total: int) -> str:
+    if burst == total:
+        return "all from the burst"
+    return f"{burst} of them from the burst" if burst else "none from the burst"
+
+
+def _alarm_meaning(rt: LatencyStats, al: AlarmResult) -> str:
+    """The paragraph under the alarm figures, from the figures."""
+    legs = al.legs
+
+    def p50_p99(stats: LatencyStats) -> str:
+        return f"{format_ms(stats.p50)} / {format_ms(stats.p99)}"
+
+    text = (
+        f"Inside alerting an alarm becomes a close command in {format_ms(legs.in_alerting.p50)} at the median"
+        f" ({format_ms(legs.in_alerting.p99)} at p99): the command is published from the in-memory directory before"
+        f" any database work. At the valve it arrives {p50_p99(al.to_command)} (p50 / p99) after the alarm left"
+        f" the device, against {p50_p99(rt)} for a bare round trip over the same four broker hops. The legs show"
+        f" where the rest goes: the alarm reaches alerting's handler in {p50_p99(legs.to_alerting)} and the command"
+        f" reaches the valve in {p50_p99(legs.to_valve)}; both include gmqtt's task per message and waiting for"
+        " alerting's event loop, which it shares with the recorder and the notifier (and the driver and"
+        " alerting share the cores with the broker and PostgreSQL). The slowest alarm of"
+        f" {al.alarms:,} waited {format_ms(al.to_command.maximum)} for its command; the legs' maxima are"
+        f" {format_ms(legs.to_alerting.maximum)}, {format_ms(legs.in_alerting.maximum)} and"
+        f" {format_ms(legs.to_valve.maximum)}. Recording the closing takes"
+        f" {al.to_recorded.p50 / al.to_command.p50:.0f}× as long at the median — {p50_p99(al.to_recorded)} — and"
+        " most of it comes after the valve's report has reached alerting"
+        f" ({p50_p99(legs.closed_in_alerting)} after the alarm): it becomes visible in PostgreSQL"
+        f" {p50_p99(legs.closed_to_recorded)} later, because the recorder is a single writer that applies each"
+        " record in its own transaction, in order — the alarm (incident, timeline, command, attempt, outbox:"
+        " several statements), then the acknowledgement, then the closed report."
     )
+    if al.burst is not None:
+        b = al.burst
+        recorded_per_s = b.alarms / b.to_recorded.maximum if b.to_recorded.maximum > 0 else 0.0
+        text += (
+            f" In the burst every one of the {b.alarms} valves had its command within"
+            f" {format_ms(b.to_command.maximum)}, but the records queued behind each other: the last closing was"
+            f" recorded {format_ms(b.to_recorded.maximum)} after its alarm, so the recorder kept up with about"
+            f" {recorded_per_s:,.0f} alarms a second."
+        )
+    text += (
+        " The record path delays the incident's timeline and the resident's text (which waits for the closing to"
+        f" be recorded, at most `resident_sms_hold_s` = {al.sms.hold_s:g} s), never the valve."
+    )
+    wrong = al.sms.not_closed_one_at_a_time + al.sms.not_closed_burst
+    if wrong:
+        text += (
+            f" **{wrong} resident texts ({_from_burst(al.sms.not_closed_burst, wrong)}) did not say the valve was"
+            " closed although it had reported closed within milliseconds:** the hold ran out before their closing"
+            " was recorded, so the text went out with the interim wording."
+        )
     return text
 
 
@@ -1798,7 +2105,8 @@ def _ingest_section(report: BenchReport, ing: IngestResult) -> str:
         ("messages published (QoS 1)", f"{ing.messages:,} over {ing.devices:,} devices, {ing.publishers} publishers"),
         ("average payload", f"{ing.payload_bytes:.0f} bytes"),
         ("publishers' rate (until their last PUBACK)", format_rate(ing.publish_rate)),
-        ("first row committed after the start", format_ms(ing.first_row_after_s)),
+        ("first message received by ingest after the start (its `received_at`)", format_ms(ing.first_received_after_s)),
+        ("first row committed after the start (first sample above zero)", format_ms(ing.first_row_after_s)),
         ("**rows/s committed, first row → last row**", f"**{format_rate(ing.rows_per_s)}**"),
         ("rows/s committed between 10 % and 90 % of the rows", format_rate(ing.steady_rows_per_s)),
         ("rows/s from the start of publishing to the last row", format_rate(ing.end_to_end_rows_per_s)),
@@ -1813,10 +2121,33 @@ def _ingest_section(report: BenchReport, ing: IngestResult) -> str:
         ),
         ("dead letters (besides the readiness probe), event rows", f"{ing.dead_letters}, {ing.events}"),
     ]
+    rows.append(
+        (
+            "rows/s while the publishers ran / after their last PUBACK",
+            f"{_optional_rate(ing.rows_per_s_while_publishing)} / {_optional_rate(ing.rows_per_s_after_publishers)}",
+        )
+    )
     if gm is not None:
-        rows.append(("bare gmqtt receive rate (section 2)", format_rate(gm.rate)))
-        rows.append(("ingest ÷ bare gmqtt", f"{ing.rows_per_s / gm.rate:.2f}" if gm.rate else "—"))
-    ratio = f" — {ing.rows_per_s / gm.rate:.0%} of what a bare gmqtt subscriber takes" if gm and gm.rate else ""
+        rows.append(
+            (
+                "bare gmqtt receive rate (section 2): overall / while publishers ran / after",
+                f"{format_rate(gm.rate)} / {_optional_rate(gm.rate_while_publishing)}"
+                f" / {_optional_rate(gm.rate_after_publishers)}",
+            )
+        )
+        rows.append(
+            (
+                "ingest ÷ bare gmqtt: overall / while publishers ran / after",
+                " / ".join(
+                    _ratio(a, b)
+                    for a, b in (
+                        (ing.rows_per_s, gm.rate),
+                        (ing.rows_per_s_while_publishing, gm.rate_while_publishing),
+                        (ing.rows_per_s_after_publishers, gm.rate_after_publishers),
+                    )
+                ),
+            )
+        )
     return (
         "## 4. Sustained telemetry ingest\n\n"
         "`python -m ingest` runs as its own process with a fixed client id (persistent session) and subscribes to"
@@ -1824,15 +2155,61 @@ def _ingest_section(report: BenchReport, ing: IngestResult) -> str:
         " a dead letter, so the subscription is known to be live. Then the publishers send protocol-v1"
         " `AlarmTelemetry`/`ValveTelemetry` (`gasguard.protocol.encode`, seeded device ids, `seq` rising per"
         " device) as fast as the broker acknowledges. The driver samples `SELECT count(*) FROM telemetry` every"
-        " 100 ms; *first row → last row* is between the first sample above zero and the first sample at the full"
-        " count. At the end `count(*)` and `count(DISTINCT (device_id, device_ts, seq))` must both equal the"
-        " number sent.\n\n"
+        f" {COUNT_INTERVAL_S * 1000:.0f} ms; *first row → last row* is between the first sample above zero and"
+        " the first sample at the full count. At the end `count(*)` and `count(DISTINCT (device_id, device_ts,"
+        " seq))` must both equal the number sent.\n\n"
         + markdown_table(("", ""), rows)
-        + f"\n\n**What this means.** Ingest stores {format_rate(ing.rows_per_s)}{ratio}, while acknowledging each"
-        " message only after its batch is committed; the rest of the difference is classification, batching and"
-        " the COPY into PostgreSQL on the same two cores. Publishers that outrun ingest are not a problem: the"
-        " broker queues for the persistent session (the shipped queue limits are by bytes, not by count)."
+        + "\n\n**What this means.** "
+        + _ingest_meaning(ing, gm)
     )
+
+
+def _ratio(numerator: float | None, denominator: float | None) -> str:
+    return f"{numerator / denominator:.2f}" if numerator and denominator else "—"
+
+
+def _ingest_meaning(ing: IngestResult, gm: ReceiveResult | None) -> str:
+    """The paragraph under the ingest figures, from the figures."""
+    from ingest.settings import IngestSettings
+
+    fields = IngestSettings.model_fields
+    text = (
+        f"Ingest committed {format_rate(ing.rows_per_s)}, acknowledging each message only after its batch was"
+        " committed."
+    )
+    if gm is not None and gm.rate:
+        text += (
+            f" That is {ing.rows_per_s / gm.rate:.0%} of the bare gmqtt subscriber's overall rate in section 2. Both"
+            " rates depend on how long the publishers, which share the cores, were still running (compare the"
+            " rows split at their last PUBACK, which line up the phases); between stages the other work on the"
+            " machine changes too, so only a large gap means much."
+        )
+        if ing.rows_per_s < 0.8 * gm.rate:
+            text += (
+                " The gap here is ingest's own work per message: validation, classification, batching and the COPY"
+                " into PostgreSQL, on the same cores."
+            )
+        else:
+            text += " Here ingest's own work per message cost little of the rate one gmqtt subscriber can take."
+    if ing.publish_rate > ing.rows_per_s:
+        text += (
+            f" The publishers sent {ing.publish_rate / ing.rows_per_s:.1f}× faster than ingest committed; the broker"
+            " queued the"
+            " difference for ingest's persistent session (the shipped queue limit is by bytes, not by count)"
+        )
+        text += ", and nothing was lost or stored twice." if ing.complete else "."
+    elif ing.complete:
+        text += " Nothing was lost or stored twice."
+    if not ing.complete:
+        text += " **Rows are missing or duplicated: see the table.**"
+    text += (
+        f" The first row became visible {format_ms(ing.first_row_after_s - ing.first_received_after_s)} after"
+        f" ingest had received its first message, although a batch is sealed at {fields['batch_size'].default:,}"
+        f" rows or after {fields['batch_max_age_s'].default * 1000:g} ms: at start-up the first commit competes in"
+        f" ingest's event loop with up to {fields['receive_maximum'].default:,} messages in flight (its Receive"
+        " Maximum)."
+    )
+    return text
 
 
 def _findings_section(report: BenchReport) -> str:

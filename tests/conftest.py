@@ -18,7 +18,8 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from alerting.templates import TEMPLATES
+from alerting.notifier import ALL_SMS_TEMPLATES
+from alerting.providers.voice import VOICE_SCRIPTS
 from gasguard.db import connect, migrate
 from gasguard.protocol import Topics
 from gasguard.settings import MqttEndpoint
@@ -93,6 +94,7 @@ def topics(topic_root: str) -> Topics:
     """Protocol topics under this test's root."""
     return Topics(root=topic_root)
 
+
 SMS_KEY_ID = "test-key"
 SMS_KEY_SECRET = "test-secret"
 
@@ -105,7 +107,6 @@ class SmsSandbox:
     url: str
     key_id: str = SMS_KEY_ID
     key_secret: str = SMS_KEY_SECRET
-
 
 
 def free_port() -> int:
@@ -121,7 +122,8 @@ async def sms_sandbox() -> AsyncIterator[SmsSandbox]:
     platform = SmsPlatform(
         keys={SMS_KEY_ID: SMS_KEY_SECRET},
         sign_names=frozenset({"乌审中燃"}),
-        templates={t.code: t.text for t in TEMPLATES.values()},
+        templates={t.code: t.text for t in ALL_SMS_TEMPLATES.values()},
+        voice_scripts=dict(VOICE_SCRIPTS),
     )
     port = free_port()
     ready = asyncio.Event()

@@ -9,6 +9,7 @@ from pydantic import TypeAdapter
 
 from gasguard.protocol import DEVICE_ID_PATTERN
 from registry import queries
+from registry.auth import CurrentUser, authorize_household, scope_for
 from registry.deps import (
     DEFAULT_LIMIT,
     BigIntId,
@@ -29,22 +30,25 @@ _CURSOR = CursorCodec(TypeAdapter(tuple[DeviceId]))
 @router.get("")
 async def read_devices(
     conn: ConnDep,
+    user: CurrentUser,
     today: TodayDep,
     limit: LimitQuery = DEFAULT_LIMIT,
     cursor: CursorQuery = None,
     kind: DeviceKind | None = None,
     household_id: Annotated[BigIntId | None, Query(description="Only this household's devices.")] = None,
 ) -> DevicesPublic:
-    """List devices in id order."""
+    """List the devices of the households the caller may see, in id order."""
     after = _CURSOR.decode(cursor)
+    scope = scope_for(user)
     async with conn.transaction(isolation="repeatable_read", readonly=True):
-        total = await queries.count_devices(conn=conn, kind=kind, household_id=household_id)
+        total = await queries.count_devices(conn=conn, kind=kind, household_id=household_id, scope=scope)
         rows = await queries.list_devices(
             conn=conn,
             limit=limit + 1,
             after=None if after is None else after[0],
             kind=kind,
             household_id=household_id,
+            scope=scope,
         )
     page, next_cursor = _CURSOR.page(rows, limit=limit, key=lambda row: (row["id"],))
     return DevicesPublic(
@@ -58,6 +62,7 @@ async def read_devices(
 @router.get("/{device_id}", responses={status.HTTP_404_NOT_FOUND: {"description": "No such device."}})
 async def read_device(
     conn: ConnDep,
+    user: CurrentUser,
     today: TodayDep,
     device_id: Annotated[str, Path(pattern=DEVICE_ID_PATTERN, description="Device id.")],
 ) -> DeviceDetailPublic:
@@ -66,6 +71,7 @@ async def read_device(
         row = await queries.get_device(conn=conn, device_id=device_id)
         if row is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"device {device_id!r} not found")
+        await authorize_household(conn, user=user, household_id=row["household_id"])
         links = await queries.list_device_links(conn=conn, device_id=device_id)
     device = DevicePublic.from_record(row, today=today)
     return DeviceDetailPublic(

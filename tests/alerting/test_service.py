@@ -153,27 +153,34 @@ async def test_alarm_closes_only_its_valve_and_texts_the_resident(
         await wait_for(incident_complete)
 
         async def sms_sent() -> bool:
-            return await db.fetchval("SELECT status FROM notification_outbox") == "sent"
+            return (
+                await db.fetchval("SELECT status FROM notification_outbox WHERE recipient_role = 'resident'") == "sent"
+            )
 
         await wait_for(sms_sent)
 
     assert [v for v, _ in valves.commands] == [home.valve_id]
     assert all(c.command == "close" for _, c in valves.commands)
     row = await db.fetchrow("SELECT * FROM incident WHERE household_id = $1", home.id)
-    assert row["kind"] == "gas_alarm" and row["severity"] == "critical" and row["state"] == "NEW"
+    assert row["kind"] == "gas_alarm" and row["severity"] == "critical" and row["state"] == "NOTIFIED"
     assert row["alarm_received_at"] <= row["command_sent_at"] <= row["valve_closed_at"]
     assert await db.fetchval("SELECT count(*) FROM incident WHERE household_id = $1", neighbour.id) == 0
     command = await db.fetchrow("SELECT * FROM valve_command WHERE valve_id = $1", home.valve_id)
     assert command["state"] == "confirmed" and command["reported_position"] == "closed"
     timeline = [r["type"] for r in await db.fetch("SELECT type FROM incident_event ORDER BY id")]
-    assert timeline == ["opened", "valve_command_sent", "valve_closed"]
-    [sms] = sms_sandbox.platform.received
+    assert [t for t in timeline if t not in ("escalation_step", "notified")] == [
+        "opened",
+        "valve_command_sent",
+        "valve_closed",
+    ]
+    assert "escalation_step" in timeline, "the first escalation step goes out at once"
+    [sms] = [m for m in sms_sandbox.platform.received if m.phone == "13812345678"]
     assert sms.phone == "13812345678"
     assert sms.template_code == "SMS_GG_ALARM_RESIDENT"
     assert sms.params["valve"] == "已关闭"
     assert set(sms.params) == {"time", "valve", "hotline"}
     assert "切断阀已关闭" in sms.text and len(sms.text) <= 70
-    outbox = await db.fetchrow("SELECT * FROM notification_outbox")
+    outbox = await db.fetchrow("SELECT * FROM notification_outbox WHERE recipient_role = 'resident'")
     assert outbox["status"] == "sent" and outbox["provider_msg_id"] == sms.biz_id
 
 
@@ -188,14 +195,15 @@ async def test_repeated_alarms_make_one_command_one_incident_one_sms(
 
         async def all_handled() -> bool:
             assert service.engine is not None
-            return service.engine.alarms_handled == 20 and len(sms_sandbox.platform.received) == 1
+            resident = [m for m in sms_sandbox.platform.received if m.template_code == "SMS_GG_ALARM_RESIDENT"]
+            return service.engine.alarms_handled == 20 and len(resident) == 1
 
         await wait_for(all_handled)
         await asyncio.wait_for(service.recorder.idle.wait(), 10)
     assert len(valves.commands) == 1
     assert await db.fetchval("SELECT count(*) FROM incident") == 1
     assert await db.fetchval("SELECT count(*) FROM incident_event WHERE type = 'repeat_alarm'") == 19
-    assert len(sms_sandbox.platform.received) == 1
+    assert [m.template_code for m in sms_sandbox.platform.received].count("SMS_GG_ALARM_RESIDENT") == 1
 
 
 async def test_self_test_and_recovery_close_nothing(

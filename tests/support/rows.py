@@ -19,9 +19,7 @@ class Household:
 
 
 async def ensure_catalogue(conn: asyncpg.Connection, *, close_confirm_timeout_s: int = 30) -> None:
-    await conn.execute(
-        "INSERT INTO town (code, name) VALUES ($1, '嘎鲁图镇') ON CONFLICT DO NOTHING", TOWN
-    )
+    await conn.execute("INSERT INTO town (code, name) VALUES ($1, '嘎鲁图镇') ON CONFLICT DO NOTHING", TOWN)
     await conn.execute(
         "INSERT INTO community (code, town_code, name, synthetic) VALUES ($1, $2, '文苑社区', true)"
         " ON CONFLICT DO NOTHING",

@@ -1,0 +1,1 @@
+"""Notification providers: template SMS (Aliyun, Tencent Cloud, a generic gateway), voice calls, webhooks."""

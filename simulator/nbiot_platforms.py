@@ -1,0 +1,147 @@
+"""Plays CTWing and OneNET: pushes device uplinks to the gateway over HTTP and takes its commands."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import secrets
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from fastapi import FastAPI, Request
+
+
+def sign_onenet(token: str, nonce: str, msg: str) -> str:
+    """OneNET's push signature, computed independently of the gateway: base64(MD5(token + nonce + msg))."""
+    return base64.b64encode(hashlib.md5((token + nonce + msg).encode()).digest()).decode()
+
+
+@dataclass
+class ReceivedCommand:
+    """A command the gateway handed to a simulated platform."""
+
+    platform: str
+    device: str
+    body: dict[str, Any]
+
+
+@dataclass
+class PlatformSimulator:
+    """Both platforms' command APIs (recording) plus pushers toward the gateway."""
+
+    gateway_url: str
+    ctwing_token: str
+    onenet_token: str
+    #: Where `app` is served (set by whoever serves it); the gateway's ``*_api_url`` point here.
+    api_url: str = ""
+    commands: list[ReceivedCommand] = field(default_factory=list)
+
+    def app(self) -> FastAPI:
+        """The command APIs: CTWing ``/ctwing/aep_device_command/command``, OneNET ``/onenet/nbiot/execute``."""
+        app = FastAPI()
+
+        @app.post("/ctwing/aep_device_command/command")
+        async def ctwing_command(request: Request) -> dict[str, Any]:
+            body = await request.json()
+            self.commands.append(ReceivedCommand("ctwing", str(body.get("deviceId")), body))
+            return {"code": 0, "msg": "ok", "commandId": uuid.uuid4().hex}
+
+        @app.post("/onenet/nbiot/execute")
+        async def onenet_execute(request: Request) -> dict[str, Any]:
+            body = await request.json()
+            self.commands.append(ReceivedCommand("onenet", request.query_params.get("imei", ""), body))
+            return {"errno": 0, "error": "succ", "uuid": uuid.uuid4().hex}
+
+        return app
+
+    # --- CTWing pushes ------------------------------------------------------------------------------
+
+    async def ctwing_push(
+        self, client: httpx.AsyncClient, body: dict[str, Any], *, token: str | None = None
+    ) -> httpx.Response:
+        """POST a raw CTWing push body."""
+        return await client.post(
+            self.gateway_url.rstrip("/") + "/ctwing/push", params={"token": token or self.ctwing_token}, json=body
+        )
+
+    async def ctwing_profile(
+        self,
+        client: httpx.AsyncClient,
+        *,
+        imei: str,
+        device_id: str,
+        product_id: str,
+        service_data: dict[str, Any],
+        seq: int = -1,
+    ) -> httpx.Response:
+        """A profile-mode ``dataReport`` with ``serviceData``."""
+        return await self.ctwing_push(
+            client,
+            {
+                "upPacketSN": seq,
+                "upDataSN": -1,
+                "topic": "v1/up/ad",
+                "timestamp": int(time.time() * 1000),
+                "tenantId": "2000033629",
+                "serviceId": "",
+                "protocol": "lwm2m",
+                "productId": product_id,
+                "payload": {"serviceId": "notification", "serviceData": service_data},
+                "messageType": "dataReport",
+                "deviceType": "",
+                "deviceId": device_id,
+                "assocAssetId": "",
+                "IMSI": "undefined",
+                "IMEI": imei,
+            },
+        )
+
+    async def ctwing_transparent(
+        self, client: httpx.AsyncClient, *, imei: str, device_id: str, product_id: str, frame: bytes
+    ) -> httpx.Response:
+        """A transparent-mode ``dataReport`` with base64 ``APPdata``."""
+        return await self.ctwing_push(
+            client,
+            {
+                "upPacketSN": -1,
+                "timestamp": int(time.time() * 1000),
+                "productId": product_id,
+                "payload": {"APPdata": base64.b64encode(frame).decode()},
+                "messageType": "dataReport",
+                "deviceId": device_id,
+                "IMEI": imei,
+            },
+        )
+
+    # --- OneNET pushes ------------------------------------------------------------------------------
+
+    async def onenet_push(
+        self, client: httpx.AsyncClient, msg: dict[str, Any] | list[dict[str, Any]], *, forge: bool = False
+    ) -> httpx.Response:
+        """POST a signed OneNET push (``forge`` signs with a wrong token)."""
+        nonce = secrets.token_hex(4)
+        text = json.dumps(msg, separators=(",", ":"), ensure_ascii=False)
+        signature = sign_onenet("forged-" + self.onenet_token if forge else self.onenet_token, nonce, text)
+        return await client.post(
+            self.gateway_url.rstrip("/") + "/onenet/push", json={"msg": msg, "nonce": nonce, "msg_signature": signature}
+        )
+
+    async def onenet_datapoint(
+        self, client: httpx.AsyncClient, *, imei: str, dev_id: int, ds_id: str, value: Any
+    ) -> httpx.Response:
+        """A type 1 (datapoint) push."""
+        msg = {"at": int(time.time() * 1000), "type": 1, "imei": imei, "dev_id": dev_id, "ds_id": ds_id, "value": value}
+        return await self.onenet_push(client, msg)
+
+    async def onenet_verify(self, client: httpx.AsyncClient, msg: str, *, forge: bool = False) -> httpx.Response:
+        """The URL-verification GET the platform sends when a push URL is configured."""
+        nonce = secrets.token_hex(4)
+        token = "forged" if forge else self.onenet_token
+        return await client.get(
+            self.gateway_url.rstrip("/") + "/onenet/push",
+            params={"msg": msg, "nonce": nonce, "signature": sign_onenet(token, nonce, msg)},
+        )
