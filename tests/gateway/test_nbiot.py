@@ -144,7 +144,12 @@ async def test_psm_close_is_delivered_on_next_uplink_or_expires(
         cmd_id=uuid.uuid4(), command=CommandName.CLOSE, issued_at=now, expires_at=now + timedelta(hours=6)
     )
     expiring_cmd = Command(
-        cmd_id=uuid.uuid4(), command=CommandName.CLOSE, issued_at=now, expires_at=now + timedelta(seconds=1)
+        # Long enough to be queued even on a loaded machine (a command already expired on arrival is refused),
+        # short enough to expire during the test.
+        cmd_id=uuid.uuid4(),
+        command=CommandName.CLOSE,
+        issued_at=now,
+        expires_at=now + timedelta(seconds=5),
     )
     async with running_gateway(gateway_settings), httpx.AsyncClient() as client:
         async with MqttSession(mqtt_endpoint, client_id=f"cloud-{uuid.uuid4().hex[:6]}") as cloud:
