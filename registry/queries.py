@@ -156,7 +156,14 @@ async def list_households(
     where = _household_where(town_code=town_code, community_code=community_code, gas_type=gas_type, scope=scope)
     if after is not None:
         where.add("h.id > {}", after)
-    sql = f"{_HOUSEHOLD_SELECT} {where.sql()} ORDER BY h.id LIMIT {where.param(limit)}"
+    # Pick the page's ids first, then compute the per-household flags for those rows only: evaluated in
+    # one query with the LIMIT, PostgreSQL hashes the flags' subqueries over every household (~450 ms
+    # on 40,000) instead of probing the device index for the 50 rows shown.
+    page = (
+        "SELECT h.id FROM household h JOIN community c ON c.code = h.community_code"
+        f" {where.sql()} ORDER BY h.id LIMIT {where.param(limit)}"
+    )
+    sql = f"{_HOUSEHOLD_SELECT} WHERE h.id IN ({page}) ORDER BY h.id"
     return await conn.fetch(sql, *where.args)
 
 
