@@ -36,6 +36,7 @@ from registry.routes import settlement as settlement_routes
 from registry.routes import slips as slip_routes
 from registry.routes import spotchecks as spotcheck_routes
 from registry.settings import RegistrySettings
+from registry.ui import pages as ui_pages
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -108,6 +109,7 @@ def create_app(settings: RegistrySettings) -> FastAPI:
     app.include_router(settlement_routes.router)
     app.include_router(spotcheck_routes.router)
     app.include_router(progress_routes.router)
+    app.include_router(ui_pages.router)
     for error in CONNECTION_LOST_ERRORS:
         app.add_exception_handler(error, _database_lost)
     return app
