@@ -6,10 +6,12 @@ through the ``Annotated`` aliases here (``PoolDep``, ``ConnDep``, ...).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Annotated, Generic, TypeVar
@@ -126,6 +128,7 @@ CursorQuery = Annotated[
 
 K = TypeVar("K")
 R = TypeVar("R")
+V = TypeVar("V")
 
 
 def _to_utc(value: datetime) -> datetime:
@@ -168,3 +171,155 @@ class CursorCodec(Generic[K]):
         if len(rows) <= limit:
             return rows, None
         return rows[:limit], self.encode(key(rows[limit - 1]))
+
+
+@dataclass(frozen=True, slots=True)
+class Cached(Generic[V]):
+    """A cached value and when it was computed."""
+
+    value: V
+    computed_at: datetime
+    age_s: float
+
+
+class RefreshingCache(Generic[V]):
+    """Per-process values that are recomputed in the background once older than ``ttl_s``.
+
+    A request never waits for a recomputation while the cached value is younger than ``max_age_s``: it
+    gets that value and one background task per key computes the next on a connection of its own. Only a
+    cold key, or a value older than ``max_age_s`` (the background refresh failed, e.g. the database was
+    away), is computed on the caller's own connection, one caller per key at a time (the others wait and
+    then take its result). So every answer is at most ``max_age_s`` old, and a request never needs a
+    second pooled connection while holding one.
+
+    Hand-written rather than taken from a library: the caching libraries at hand (cachetools, aiocache)
+    expire entries but do not serve the previous value while one task recomputes it, which is what keeps
+    the slow aggregates off the request path.
+    """
+
+    def __init__(self, *, ttl_s: float, max_age_s: float, max_entries: int = 1024) -> None:
+        if not 0 <= ttl_s <= max_age_s:
+            raise ValueError("need 0 <= ttl_s <= max_age_s")
+        self.ttl_s = ttl_s
+        self.max_age_s = max_age_s
+        self._max_entries = max_entries
+        self._entries: dict[Hashable, tuple[float, datetime, V]] = {}
+        self._locks: dict[Hashable, asyncio.Lock] = {}
+        self._running: dict[Hashable, asyncio.Task[None]] = {}
+
+    def _usable(self, key: Hashable) -> tuple[float, datetime, V] | None:
+        entry = self._entries.get(key)
+        return entry if entry is not None and time.monotonic() - entry[0] < self.max_age_s else None
+
+    def _store(self, key: Hashable, value: V) -> tuple[float, datetime, V]:
+        if key not in self._entries and len(self._entries) >= self._max_entries:
+            del self._entries[min(self._entries, key=lambda k: self._entries[k][0])]
+            self._locks = {k: lock for k, lock in self._locks.items() if k in self._entries or lock.locked()}
+        entry = (time.monotonic(), datetime.now(UTC), value)
+        self._entries[key] = entry
+        return entry
+
+    def _refresh_in_background(self, key: Hashable, compute: Callable[[], Awaitable[V]]) -> None:
+        if key in self._running:
+            return
+
+        async def run() -> None:
+            try:
+                self._store(key, await compute())
+            finally:
+                del self._running[key]
+
+        task = asyncio.get_running_loop().create_task(run(), name="registry.cache_refresh")
+        task.add_done_callback(_log_refresh_failure)
+        self._running[key] = task
+
+    async def get(
+        self, key: Hashable, *, here: Callable[[], Awaitable[V]], background: Callable[[], Awaitable[V]] | None
+    ) -> Cached[V]:
+        """The value of ``key``.
+
+        Args:
+            key: What the value is of (hashable; include everything the value depends on).
+            here: Computes it on the caller's connection (cold key or value too old).
+            background: Computes it on a connection of its own (refresh of a value older than ``ttl_s``);
+                None when the caller has no pool: then a value older than ``ttl_s`` is recomputed ``here``.
+        """
+        entry = self._usable(key)
+        if entry is not None and background is None and time.monotonic() - entry[0] >= self.ttl_s:
+            entry = None
+        if entry is None:
+            lock = self._locks.setdefault(key, asyncio.Lock())
+            async with lock:
+                entry = self._usable(key)
+                if entry is None or (background is None and time.monotonic() - entry[0] >= self.ttl_s):
+                    entry = self._store(key, await here())
+        elif background is not None and time.monotonic() - entry[0] >= self.ttl_s:
+            self._refresh_in_background(key, background)
+        at, computed_at, value = entry
+        return Cached(value=value, computed_at=computed_at, age_s=max(0.0, time.monotonic() - at))
+
+    def clear(self) -> None:
+        """Forget every value (a running refresh still stores its result)."""
+        self._entries.clear()
+
+
+def _log_refresh_failure(task: asyncio.Task[object]) -> None:
+    if not task.cancelled() and (error := task.exception()) is not None:
+        _LOGGER.warning("cache refresh failed: %r", error)
+
+
+#: Page totals are counted at most this often per process, and are never older than COUNT_MAX_AGE_S.
+COUNT_TTL_S = 10.0
+COUNT_MAX_AGE_S = 30.0
+
+
+def get_count_cache(request: Request) -> RefreshingCache[int]:
+    """The app's cache of list totals (created on first use; one per process)."""
+    cache = getattr(request.app.state, "count_cache", None)
+    if not isinstance(cache, RefreshingCache):
+        cache = RefreshingCache[int](ttl_s=COUNT_TTL_S, max_age_s=COUNT_MAX_AGE_S)
+        request.app.state.count_cache = cache
+    return cache
+
+
+CountCacheDep = Annotated[RefreshingCache[int], Depends(get_count_cache)]
+
+ExactTotalQuery = Annotated[
+    bool,
+    Query(
+        description=(
+            "Count `total` now, in the page's own snapshot. Without it `total` comes from a per-process count"
+            f" refreshed every {COUNT_TTL_S:g} s and at most {COUNT_MAX_AGE_S:g} s old (`total_age_s` says how old);"
+            " counting on every page would cost more than the page itself at county scale."
+        )
+    ),
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Total:
+    """A list's total and how old it is (0 when counted for this very request)."""
+
+    value: int
+    age_s: float
+
+
+async def page_total(
+    *,
+    conn: Conn,
+    state: RegistryState,
+    cache: RefreshingCache[int],
+    exact: bool,
+    key: Hashable,
+    count: Callable[[Conn], Awaitable[int]],
+) -> Total:
+    """The total of a list: counted on ``conn`` if ``exact``, else from ``cache``."""
+    if exact:
+        return Total(value=await count(conn), age_s=0.0)
+
+    async def on_own_connection() -> int:
+        async with state.pool.acquire(timeout=state.settings.db_timeout_s) as own:
+            return await count(own)
+
+    cached = await cache.get(key, here=lambda: count(conn), background=on_own_connection)
+    return Total(value=cached.value, age_s=round(cached.age_s, 3))

@@ -79,8 +79,15 @@ class _Public(BaseModel):
 class _PagePublic(_Public):
     """Common fields of a page of results."""
 
-    total: int = Field(description="Number of rows matching the filters, on all pages.")
+    total: int = Field(
+        description=(
+            "Number of rows matching the filters, on all pages; from a per-process count at most 30 s old"
+            " (`total_age_s`) unless the request asked for `exact_total=true`."
+        )
+    )
+    total_age_s: float = Field(description="How old `total` is, in seconds (0: counted for this page).")
     limit: int
+    has_more: bool = Field(description="Whether another page follows (then `next_cursor` is set).")
     next_cursor: str | None = Field(
         description="Pass as `cursor` to get the next page; null on the last page.",
     )

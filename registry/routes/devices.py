@@ -14,11 +14,15 @@ from registry.deps import (
     DEFAULT_LIMIT,
     BigIntId,
     ConnDep,
+    CountCacheDep,
     CursorCodec,
     CursorQuery,
     DeviceId,
+    ExactTotalQuery,
     LimitQuery,
+    StateDep,
     TodayDep,
+    page_total,
 )
 from registry.models import DeviceDetailPublic, DeviceKind, DevicePublic, DevicesPublic, LinkPublic
 
@@ -32,16 +36,18 @@ async def read_devices(
     conn: ConnDep,
     user: CurrentUser,
     today: TodayDep,
+    state: StateDep,
+    counts: CountCacheDep,
     limit: LimitQuery = DEFAULT_LIMIT,
     cursor: CursorQuery = None,
     kind: DeviceKind | None = None,
     household_id: Annotated[BigIntId | None, Query(description="Only this household's devices.")] = None,
+    exact_total: ExactTotalQuery = False,
 ) -> DevicesPublic:
     """List the devices of the households the caller may see, in id order."""
     after = _CURSOR.decode(cursor)
     scope = scope_for(user)
     async with conn.transaction(isolation="repeatable_read", readonly=True):
-        total = await queries.count_devices(conn=conn, kind=kind, household_id=household_id, scope=scope)
         rows = await queries.list_devices(
             conn=conn,
             limit=limit + 1,
@@ -50,11 +56,21 @@ async def read_devices(
             household_id=household_id,
             scope=scope,
         )
+        total = await page_total(
+            conn=conn,
+            state=state,
+            cache=counts,
+            exact=exact_total,
+            key=("devices", scope, kind, household_id),
+            count=lambda c: queries.count_devices(conn=c, kind=kind, household_id=household_id, scope=scope),
+        )
     page, next_cursor = _CURSOR.page(rows, limit=limit, key=lambda row: (row["id"],))
     return DevicesPublic(
         items=[DevicePublic.from_record(row, today=today) for row in page],
-        total=total,
+        total=total.value,
+        total_age_s=total.age_s,
         limit=limit,
+        has_more=next_cursor is not None,
         next_cursor=next_cursor,
     )
 

@@ -15,10 +15,14 @@ from registry.deps import (
     DEFAULT_LIMIT,
     BigIntId,
     ConnDep,
+    CountCacheDep,
     CursorCodec,
     CursorQuery,
+    ExactTotalQuery,
     LimitQuery,
+    StateDep,
     TodayDep,
+    page_total,
 )
 from registry.models import (
     ContactPublic,
@@ -51,26 +55,38 @@ _FORBIDDEN: dict[int | str, dict[str, Any]] = {
 async def read_households(
     conn: ConnDep,
     user: CurrentUser,
+    state: StateDep,
+    counts: CountCacheDep,
     limit: LimitQuery = DEFAULT_LIMIT,
     cursor: CursorQuery = None,
     town_code: Annotated[str | None, Query(pattern=_CODE_PATTERN, description="12-digit town code.")] = None,
     community_code: Annotated[str | None, Query(pattern=_CODE_PATTERN, description="12-digit community code.")] = None,
     gas_type: GasType | None = None,
+    exact_total: ExactTotalQuery = False,
 ) -> HouseholdsPublic:
     """List the households the caller may see, in id order."""
     after = _CURSOR.decode(cursor)
     scope = scope_for(user)
     filters = {"town_code": town_code, "community_code": community_code, "gas_type": gas_type}
     async with conn.transaction(isolation="repeatable_read", readonly=True):
-        total = await queries.count_households(conn=conn, scope=scope, **filters)
         rows = await queries.list_households(
             conn=conn, limit=limit + 1, after=None if after is None else after[0], scope=scope, **filters
+        )
+        total = await page_total(
+            conn=conn,
+            state=state,
+            cache=counts,
+            exact=exact_total,
+            key=("households", scope, town_code, community_code, gas_type),
+            count=lambda c: queries.count_households(conn=c, scope=scope, **filters),
         )
     page, next_cursor = _CURSOR.page(rows, limit=limit, key=lambda row: (row["id"],))
     return HouseholdsPublic(
         items=[HouseholdPublic.from_record(row, personal=scope.may_see_personal_data) for row in page],
-        total=total,
+        total=total.value,
+        total_age_s=total.age_s,
         limit=limit,
+        has_more=next_cursor is not None,
         next_cursor=next_cursor,
     )
 

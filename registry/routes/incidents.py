@@ -24,10 +24,14 @@ from registry.deps import (
     DEFAULT_LIMIT,
     BigIntId,
     ConnDep,
+    CountCacheDep,
     CursorCodec,
     CursorQuery,
+    ExactTotalQuery,
     LimitQuery,
+    StateDep,
     UtcDatetime,
+    page_total,
 )
 from registry.models import (
     AcknowledgeRequest,
@@ -77,25 +81,39 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 async def read_incidents(
     conn: ConnDep,
     user: Reader,
+    registry: StateDep,
+    counts: CountCacheDep,
     limit: LimitQuery = DEFAULT_LIMIT,
     cursor: CursorQuery = None,
     state: IncidentState | None = None,
     kind: IncidentKind | None = None,
     household_id: Annotated[BigIntId | None, Query(description="Only this household's incidents.")] = None,
+    exact_total: ExactTotalQuery = False,
 ) -> IncidentsPublic:
     """List the incidents of the households the caller may see, newest first."""
     after = _CURSOR.decode(cursor)
     scope = scope_for(user)
     async with conn.transaction(isolation="repeatable_read", readonly=True):
-        total = await queries.count_incidents(conn=conn, state=state, kind=kind, household_id=household_id, scope=scope)
         rows = await queries.list_incidents(
             conn=conn, limit=limit + 1, after=after, state=state, kind=kind, household_id=household_id, scope=scope
+        )
+        total = await page_total(
+            conn=conn,
+            state=registry,
+            cache=counts,
+            exact=exact_total,
+            key=("incidents", scope, state, kind, household_id),
+            count=lambda c: queries.count_incidents(
+                conn=c, state=state, kind=kind, household_id=household_id, scope=scope
+            ),
         )
     page, next_cursor = _CURSOR.page(rows, limit=limit, key=lambda row: (row["opened_at"], row["id"]))
     return IncidentsPublic(
         items=[IncidentPublic.from_record(row) for row in page],
-        total=total,
+        total=total.value,
+        total_age_s=total.age_s,
         limit=limit,
+        has_more=next_cursor is not None,
         next_cursor=next_cursor,
     )
 

@@ -543,7 +543,7 @@ async def test_households_filters(client: httpx.AsyncClient, county: County) -> 
     assert ng_total == 10
 
     none = await get_json(client, f"/households?town_code={TOWN}&gas_type=LPG")
-    assert none == {"items": [], "total": 0, "limit": 50, "next_cursor": None}
+    assert none == {"items": [], "total": 0, "total_age_s": 0.0, "limit": 50, "has_more": False, "next_cursor": None}
 
 
 async def test_households_reject_bad_filters_and_cursors(client: httpx.AsyncClient, county: County) -> None:

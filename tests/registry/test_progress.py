@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import date
 
 import asyncpg
 
-from registry.progress import progress, render_public_html
+from gasguard.db import open_pool
+from registry.progress import ProgressCache, progress, render_public_html
 from registry.slips import SignatureRole
 from tests.registry.test_rosters import COMMUNITY, OTHER_COMMUNITY, RURAL_COMMUNITY, add_places
 from tests.registry.test_slips import add_household, signed_slip
@@ -136,14 +138,34 @@ async def test_set_based_counts_agree_with_the_registry_definition(db: asyncpg.C
 
 async def test_cache_serves_the_same_report_until_it_expires(db: asyncpg.Connection) -> None:
     """Within its time to live the cache answers without counting again; a new day or ttl 0 counts again."""
-    from registry.progress import ProgressCache
-
     await add_places(db)
     cache = ProgressCache(ttl_s=3600)
     first = await cache.get(db, today=TODAY)
     await add_household(db, room="new")
-    assert await cache.get(db, today=TODAY) is first
+    again = await cache.get(db, today=TODAY)
+    assert again.value is first.value and again.computed_at == first.computed_at
+    assert sum(c.households for c in first.value.communities) == 0
     fresh = await ProgressCache(ttl_s=0).get(db, today=TODAY)
-    assert sum(c.households for c in fresh.communities) == 1
+    assert sum(c.households for c in fresh.value.communities) == 1
     next_day = await cache.get(db, today=date(2025, 2, 21))
-    assert sum(c.households for c in next_day.communities) == 1
+    assert sum(c.households for c in next_day.value.communities) == 1
+
+
+async def test_stale_report_is_served_while_one_background_refresh_counts_again(
+    database_url: str, db: asyncpg.Connection
+) -> None:
+    """Past its time to live the cache answers at once with the old report and refreshes it from the pool."""
+    await add_places(db)
+    cache = ProgressCache(ttl_s=0, max_age_s=3600)
+    async with open_pool(database_url, min_size=0, max_size=2) as pool:
+        first = await cache.get(db, today=TODAY, pool=pool)
+        await add_household(db, room="new")
+        stale = await cache.get(db, today=TODAY, pool=pool)
+        assert stale.value is first.value  # served as it was; the refresh runs behind it
+        refreshed = stale
+        async with asyncio.timeout(60):
+            while refreshed.value is first.value:
+                await asyncio.sleep(0.05)
+                refreshed = await cache.get(db, today=TODAY, pool=pool)
+    assert sum(c.households for c in refreshed.value.communities) == 1
+    assert refreshed.computed_at > first.computed_at
