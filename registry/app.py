@@ -29,6 +29,7 @@ from registry.deps import (
 )
 from registry.routes import api_router, catalogue, installations
 from registry.routes import auth as auth_routes
+from registry.routes import county as county_routes
 from registry.routes import finance as finance_routes
 from registry.routes import progress as progress_routes
 from registry.routes import rosters as roster_routes
@@ -36,6 +37,8 @@ from registry.routes import settlement as settlement_routes
 from registry.routes import slips as slip_routes
 from registry.routes import spotchecks as spotcheck_routes
 from registry.settings import RegistrySettings
+from registry.ui import board as ui_board
+from registry.ui import live as ui_live
 from registry.ui import pages as ui_pages
 
 _LOGGER = logging.getLogger(__name__)
@@ -109,7 +112,10 @@ def create_app(settings: RegistrySettings) -> FastAPI:
     app.include_router(settlement_routes.router)
     app.include_router(spotcheck_routes.router)
     app.include_router(progress_routes.router)
+    app.include_router(county_routes.router)
     app.include_router(ui_pages.router)
+    app.include_router(ui_board.router)
+    app.include_router(ui_live.router)
     for error in CONNECTION_LOST_ERRORS:
         app.add_exception_handler(error, _database_lost)
     return app

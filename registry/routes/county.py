@@ -1,0 +1,271 @@
+"""County health routes: protection per town, community and building, and installations per month.
+
+Aggregates only: addresses and device states, never a resident's name or phone number. Emergency
+management, the housing bureau and administrators see the whole county; a duty operator its supplier's
+households; community staff their own community (403 elsewhere); installers nothing (403).
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Request, status
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from registry import county
+from registry.auth import CurrentUser, Role, User, require_roles, scope_for
+from registry.deps import DEFAULT_LIMIT, BigIntId, ConnDep, CursorCodec, CursorQuery, LimitQuery, StatisticalCode
+
+router = APIRouter(prefix="/county", tags=["county 县域健康"])
+
+Viewer = Annotated[
+    User,
+    Depends(
+        require_roles(
+            Role.ADMIN, Role.EMERGENCY_MANAGEMENT, Role.HOUSING_BUREAU, Role.DUTY_OPERATOR, Role.COMMUNITY_STAFF
+        )
+    ),
+]
+CommunityPath = Annotated[StatisticalCode, Path(description="12-digit community code.")]
+BuildingPath = Annotated[str, Path(min_length=1, max_length=64, description="Building (楼号), as listed.")]
+
+_BUILDING_CURSOR = CursorCodec(TypeAdapter(tuple[int, str]))
+_HOUSEHOLD_CURSOR = CursorCodec(TypeAdapter(tuple[BigIntId]))
+
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status.HTTP_403_FORBIDDEN: {"description": "Installers; community staff outside their community."},
+    status.HTTP_404_NOT_FOUND: {"description": "No such community or building."},
+}
+
+
+class CountsPublic(BaseModel):
+    """Households of a place and their protection. Every NG household is monitored, offline or unprotected."""
+
+    model_config = ConfigDict(frozen=True)
+    households: int
+    ng: int = Field(description="Natural-gas households.")
+    lpg: int = Field(description="LPG households: never monitored (液化气 未接入监测).")
+    monitored: int = Field(description="NG, kit in place and in service life, linked alarm online.")
+    offline: int = Field(description="NG, kit in place, alarm silent past 1.5× heartbeat, never heard, or faulty.")
+    unprotected: int = Field(description="A device past its service life or the kit not in place (NG and LPG).")
+    expired: int = Field(description="Households with a device past its service life (part of unprotected).")
+    lpg_unprotected: int = Field(description="LPG households without regulator and hose or past service life.")
+    valve_faults: int = Field(description="Households whose shut-off valve last reported a fault.")
+    alarms: int = Field(description=f"Gas alarms in the last {county.ALARM_DAYS} days.")
+
+    @classmethod
+    def of(cls, counts: county.HealthCounts) -> CountsPublic:
+        """From the aggregation's counts."""
+        return cls(**vars(counts))
+
+
+class PlacePublic(BaseModel):
+    """A town or community with its counts and its gas alarms per day (aligned with ``days``)."""
+
+    model_config = ConfigDict(frozen=True)
+    code: str
+    name: str
+    counts: CountsPublic
+    alarms_per_day: list[int]
+
+    @classmethod
+    def of(cls, place: county.PlaceHealth) -> PlacePublic:
+        """From the aggregation's place."""
+        return cls(
+            code=place.code,
+            name=place.name,
+            counts=CountsPublic.of(place.counts),
+            alarms_per_day=list(place.alarms_per_day),
+        )
+
+
+class TownPublic(PlacePublic):
+    """A town and its communities."""
+
+    communities: list[PlacePublic]
+
+
+class CountyHealthPublic(BaseModel):
+    """The county view within the caller's scope."""
+
+    model_config = ConfigDict(frozen=True)
+    as_of: datetime = Field(description="When these figures were computed (they may be up to 15 s old).")
+    days: list[date] = Field(description=f"The {county.ALARM_DAYS} China Standard Time days of alarms_per_day.")
+    totals: PlacePublic
+    towns: list[TownPublic]
+
+
+class BuildingPublic(BaseModel):
+    """A building of a community with its counts."""
+
+    model_config = ConfigDict(frozen=True)
+    building: str
+    counts: CountsPublic
+
+
+class CommunityHealthPublic(BaseModel):
+    """One community: its counts and a page of its buildings."""
+
+    model_config = ConfigDict(frozen=True)
+    code: str
+    name: str
+    town_code: str
+    town_name: str
+    counts: CountsPublic
+    buildings: list[BuildingPublic]
+    limit: int
+    next_cursor: str | None
+
+
+class HouseholdHealthPublic(BaseModel):
+    """A household of a building: address and device states only."""
+
+    model_config = ConfigDict(frozen=True)
+    id: int
+    building: str
+    unit: str
+    room: str
+    gas_type: Literal["NG", "LPG"]
+    status: Literal["monitored", "offline", "unprotected", "lpg"] = Field(
+        description="monitored; offline (silent or unknown); unprotected (expired or kit missing); lpg (LPG kit, "
+        "never monitored)."
+    )
+    expired: bool
+    alarm_status: str | None = Field(description="The alarm's last assessed state; null if never assessed.")
+    alarm_last_seen_at: datetime | None
+    valve_status: str | None
+    valve_fault: bool
+    alarms: int = Field(description=f"Gas alarms in the last {county.ALARM_DAYS} days.")
+
+
+class HouseholdsHealthPublic(BaseModel):
+    """A page of a building's households."""
+
+    model_config = ConfigDict(frozen=True)
+    community_code: str
+    building: str
+    items: list[HouseholdHealthPublic]
+    limit: int
+    next_cursor: str | None
+
+
+class MonthInstalledPublic(BaseModel):
+    """Completed installations (slips with five signatures) of one month and gas type."""
+
+    model_config = ConfigDict(frozen=True)
+    month: date
+    gas_type: Literal["NG", "LPG"]
+    installed: int
+    verified: int
+    cumulative: int
+
+
+def _cache(request: Request) -> county.CountyHealthCache:
+    cache = getattr(request.app.state, "county_cache", None)
+    if not isinstance(cache, county.CountyHealthCache):
+        cache = county.CountyHealthCache()
+        request.app.state.county_cache = cache
+    return cache
+
+
+def _check_community(user: User, community_code: str) -> None:
+    if user.role is Role.COMMUNITY_STAFF and community_code != user.community_code:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, detail=f"community {community_code} is outside your scope")
+
+
+@router.get("/health", responses=_RESPONSES)
+async def read_county_health(request: Request, conn: ConnDep, user: Viewer) -> CountyHealthPublic:
+    """Per town and community: households, monitored, offline/unknown, unprotected, valve faults, alarms per day.
+
+    Figures may be up to 15 seconds old (cached per scope and process); ``as_of`` says when they were computed.
+    """
+    health = await _cache(request).get(conn, scope=scope_for(user))
+    return CountyHealthPublic(
+        as_of=health.as_of,
+        days=list(health.days),
+        totals=PlacePublic.of(health.totals),
+        towns=[
+            TownPublic(**dict(PlacePublic.of(t.town)), communities=[PlacePublic.of(c) for c in t.communities])
+            for t in health.towns
+        ],
+    )
+
+
+@router.get("/communities/{community_code}", responses=_RESPONSES)
+async def read_community(
+    conn: ConnDep,
+    user: Viewer,
+    community_code: CommunityPath,
+    limit: LimitQuery = DEFAULT_LIMIT,
+    cursor: CursorQuery = None,
+) -> CommunityHealthPublic:
+    """One community's counts and its buildings in natural order (1号楼, 2号楼, … 10号楼), paged."""
+    _check_community(user, community_code)
+    after = _BUILDING_CURSOR.decode(cursor)
+    scope = scope_for(user)
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        place = await conn.fetchrow(
+            "SELECT c.name, t.code AS town_code, t.name AS town_name FROM community c"
+            " JOIN town t ON t.code = c.town_code WHERE c.code = $1",
+            community_code,
+        )
+        if place is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"community {community_code} not found")
+        counts = await county.community_health(conn, scope=scope, community_code=community_code)
+        rows = await county.list_buildings(
+            conn, scope=scope, community_code=community_code, limit=limit + 1, after=after
+        )
+    assert counts is not None  # the community exists (checked in this snapshot)
+    page, next_cursor = _BUILDING_CURSOR.page(rows, limit=limit, key=lambda row: row[0])
+    return CommunityHealthPublic(
+        code=community_code,
+        name=place["name"],
+        town_code=place["town_code"],
+        town_name=place["town_name"],
+        counts=CountsPublic.of(counts),
+        buildings=[BuildingPublic(building=b.building, counts=CountsPublic.of(b.counts)) for _, b in page],
+        limit=limit,
+        next_cursor=next_cursor,
+    )
+
+
+@router.get("/communities/{community_code}/buildings/{building}/households", responses=_RESPONSES)
+async def read_building_households(
+    conn: ConnDep,
+    user: Viewer,
+    community_code: CommunityPath,
+    building: BuildingPath,
+    limit: LimitQuery = DEFAULT_LIMIT,
+    cursor: CursorQuery = None,
+) -> HouseholdsHealthPublic:
+    """A building's households with their states, in id order, paged; addresses only, no residents."""
+    _check_community(user, community_code)
+    after = _HOUSEHOLD_CURSOR.decode(cursor)
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        if not await county.building_exists(conn, community_code=community_code, building=building):
+            raise HTTPException(
+                status.HTTP_404_NOT_FOUND, detail=f"no household in building {building!r} of community {community_code}"
+            )
+        rows = await county.list_building_households(
+            conn,
+            scope=scope_for(user),
+            community_code=community_code,
+            building=building,
+            limit=limit + 1,
+            after=None if after is None else after[0],
+        )
+    page, next_cursor = _HOUSEHOLD_CURSOR.page(rows, limit=limit, key=lambda row: (row.id,))
+    return HouseholdsHealthPublic(
+        community_code=community_code,
+        building=building,
+        items=[HouseholdHealthPublic(**vars(h)) for h in page],
+        limit=limit,
+        next_cursor=next_cursor,
+    )
+
+
+@router.get("/installations")
+async def read_installations(conn: ConnDep, user: CurrentUser) -> list[MonthInstalledPublic]:
+    """Completed installations per month and gas type with running totals, county-wide (counts only, any role)."""
+    return [MonthInstalledPublic(**vars(m)) for m in await county.installations_by_month(conn)]
