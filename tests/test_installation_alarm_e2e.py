@@ -8,10 +8,8 @@ device closes the newly linked valve, confirmed by the valve's own report.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,7 +17,6 @@ import asyncpg
 import httpx
 import pytest
 
-from alerting.service import Alerting
 from alerting.settings import AlertingSettings
 from gasguard.mqtt import MqttSession
 from gasguard.protocol import (
@@ -41,6 +38,7 @@ from registry.deps import china_today
 from registry.settings import RegistrySettings
 from tests.conftest import SmsSandbox
 from tests.support.rows import COMMUNITY, ensure_catalogue
+from tests.support.stack import alerting_running, wait_for
 
 ALARM_ID = "GA-NEW-0001"
 VALVE_ID = "SV-NEW-0001"
@@ -90,29 +88,6 @@ async def valves(mqtt_endpoint: MqttEndpoint, topics: Topics) -> AsyncIterator[L
     async with session:
         holder.append(LoopbackValves(session, topics))
         yield holder[0]
-
-
-@contextlib.asynccontextmanager
-async def alerting_running(settings: AlertingSettings) -> AsyncIterator[Alerting]:
-    """The alerting service in this process, ready to act."""
-    service = Alerting(settings)
-    task = asyncio.create_task(service.run())
-    try:
-        await asyncio.wait_for(service.ready.wait(), 15)
-        yield service
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
-async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout: float = 15.0) -> None:
-    """Poll ``predicate`` until it holds; fail after ``timeout`` seconds."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
 
 
 async def test_new_installation_arms_alerting_without_restart(

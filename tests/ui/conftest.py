@@ -7,16 +7,12 @@ server) runs in its own loop. A launch costs about a second; sharing one across 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
-from registry.app import serve
-from registry.settings import RegistrySettings
-from tests.conftest import free_port
+from tests.support.stack import registry_running
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -57,14 +53,5 @@ async def page(browser: Browser) -> AsyncIterator[Page]:
 @pytest.fixture
 async def ui_server(database_url: str) -> AsyncIterator[str]:
     """The registry app (API and UI) under uvicorn on a free loopback port; yields its base URL."""
-    port = free_port()
-    settings = RegistrySettings(database_url=database_url, host="127.0.0.1", port=port, cookie_secure=False)
-    ready = asyncio.Event()
-    task = asyncio.create_task(serve(settings, ready=ready))
-    try:
-        await asyncio.wait_for(ready.wait(), 30)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    async with registry_running(database_url) as base_url:
+        yield base_url
