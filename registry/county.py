@@ -25,8 +25,6 @@ hundred milliseconds instead of six seconds); tests/registry/test_county.py chec
 
 from __future__ import annotations
 
-import asyncio
-import time
 from dataclasses import dataclass, fields
 from datetime import date, datetime
 from typing import TYPE_CHECKING
@@ -205,30 +203,6 @@ async def county_health(conn: Conn, *, scope: Scope | None) -> CountyHealth:
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         await conn.execute("SET LOCAL jit = off")  # compiling this plan costs seconds and saves nothing
         return await _county_health(conn, scope=scope)
-
-
-class CountyHealthCache:
-    """The latest county view per scope for a few seconds.
-
-    The whole county is ~0.3 s of database work on a quiet machine and several seconds on a loaded one;
-    control rooms keep the page open and reload it, so figures at most ``ttl_s`` old (shown with their time)
-    keep it under a second. One computation per scope at a time: concurrent callers wait for it.
-    """
-
-    def __init__(self, ttl_s: float = 15.0) -> None:
-        self._ttl_s = ttl_s
-        self._locks: dict[Scope | None, asyncio.Lock] = {}
-        self._values: dict[Scope | None, tuple[float, CountyHealth]] = {}
-
-    async def get(self, conn: Conn, *, scope: Scope | None) -> CountyHealth:
-        """The cached view of ``scope`` if fresh, else a new one."""
-        async with self._locks.setdefault(scope, asyncio.Lock()):
-            cached = self._values.get(scope)
-            if cached is not None and time.monotonic() - cached[0] < self._ttl_s:
-                return cached[1]
-            health = await county_health(conn, scope=scope)
-            self._values[scope] = (time.monotonic(), health)
-            return health
 
 
 async def _county_health(conn: Conn, *, scope: Scope | None) -> CountyHealth:
