@@ -23,7 +23,6 @@ from alerting.providers.base import Channel, Limited, Message, Receipt, Rejected
 
 SERVICE = "sms"
 VERSION = "2021-01-11"
-SIGNED_HEADERS = "content-type;host;x-tc-action"
 CONTENT_TYPE = "application/json; charset=utf-8"
 
 
@@ -31,19 +30,28 @@ def _hmac_sha256(key: bytes, msg: str) -> bytes:
     return hmac.new(key, msg.encode(), hashlib.sha256).digest()
 
 
-def tc3_signature(*, secret_key: str, host: str, action: str, payload: bytes, timestamp: int) -> tuple[str, str]:
-    """The TC3-HMAC-SHA256 signature and credential scope of one POST request."""
+def tc3_signature(
+    *, secret_key: str, service: str, headers: Mapping[str, str], payload: bytes, timestamp: int
+) -> tuple[str, str, str]:
+    """TC3-HMAC-SHA256 of one POST request to ``/`` without a query: (signature, credential scope, signed headers).
+
+    ``headers`` are the headers to sign; names and values go into the canonical request lower-cased and
+    trimmed, sorted by name, as Tencent's "Signature v3" document specifies (its worked example is the
+    known-answer test in tests/alerting/test_providers.py).
+    """
     date = datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d")
-    canonical_headers = f"content-type:{CONTENT_TYPE}\nhost:{host}\nx-tc-action:{action.lower()}\n"
+    canonical = sorted((name.lower().strip(), value.lower().strip()) for name, value in headers.items())
+    canonical_headers = "".join(f"{name}:{value}\n" for name, value in canonical)
+    signed_headers = ";".join(name for name, _ in canonical)
     canonical_request = "\n".join(
-        ["POST", "/", "", canonical_headers, SIGNED_HEADERS, hashlib.sha256(payload).hexdigest()]
+        ["POST", "/", "", canonical_headers, signed_headers, hashlib.sha256(payload).hexdigest()]
     )
-    scope = f"{date}/{SERVICE}/tc3_request"
+    scope = f"{date}/{service}/tc3_request"
     string_to_sign = "\n".join(
         ["TC3-HMAC-SHA256", str(timestamp), scope, hashlib.sha256(canonical_request.encode()).hexdigest()]
     )
-    key = _hmac_sha256(_hmac_sha256(_hmac_sha256(f"TC3{secret_key}".encode(), date), SERVICE), "tc3_request")
-    return hmac.new(key, string_to_sign.encode(), hashlib.sha256).hexdigest(), scope
+    key = _hmac_sha256(_hmac_sha256(_hmac_sha256(f"TC3{secret_key}".encode(), date), service), "tc3_request")
+    return hmac.new(key, string_to_sign.encode(), hashlib.sha256).hexdigest(), scope, signed_headers
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,17 +118,16 @@ class TencentSmsProvider:
         }
         payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
         timestamp = int(time.time())
-        signature, scope = tc3_signature(
-            secret_key=self._secret_key, host=self._host, action="SendSms", payload=payload, timestamp=timestamp
+        signed = {"Content-Type": CONTENT_TYPE, "Host": self._host, "X-TC-Action": "SendSms"}
+        signature, scope, signed_headers = tc3_signature(
+            secret_key=self._secret_key, service=SERVICE, headers=signed, payload=payload, timestamp=timestamp
         )
         headers = {
             "Authorization": (
-                f"TC3-HMAC-SHA256 Credential={self._secret_id}/{scope}, SignedHeaders={SIGNED_HEADERS},"
+                f"TC3-HMAC-SHA256 Credential={self._secret_id}/{scope}, SignedHeaders={signed_headers},"
                 f" Signature={signature}"
             ),
-            "Content-Type": CONTENT_TYPE,
-            "Host": self._host,
-            "X-TC-Action": "SendSms",
+            **signed,
             "X-TC-Timestamp": str(timestamp),
             "X-TC-Version": VERSION,
             "X-TC-Region": self._region,

@@ -21,7 +21,7 @@ import pytest
 from alerting.notifier import ALL_SMS_TEMPLATES, tencent_param_order
 from alerting.providers.base import Limited, Message, Rejected, Unavailable
 from alerting.providers.generic_gateway import GenericGatewayProvider
-from alerting.providers.tencent import TencentSmsProvider, TencentTemplate
+from alerting.providers.tencent import TencentSmsProvider, TencentTemplate, tc3_signature
 from alerting.providers.voice import VOICE_SCRIPTS, AliyunVoiceProvider
 from alerting.providers.webhook import WebhookProvider
 from gasguard.web import serve_asgi
@@ -137,6 +137,28 @@ async def test_tencent_sends_e164_number_params_in_template_order_and_session_co
     assert msg.phone == "13800001234" and msg.out_id == "gg-5-1"
     assert msg.text == ALL_SMS_TEMPLATES["SMS_GG_ALARM_RESIDENT"].render(PARAMS, sign_name=SIGN)
     assert len(msg.text) <= 70
+
+
+# Tencent Cloud's "Signature v3" document works one request through: CVM DescribeInstances in
+# ap-guangzhou, timestamp 1551113065 (2019-02-25), this exact JSON body. The 2019 edition signs
+# content-type and host with the key "Gu5t9xGARNpq86cd98joQYCN3*******" (hashed payload 35e9c5b0…,
+# canonical request hash 5ffe6a04…, signature 2230eefd…); the current edition signs the same request
+# with "Gu5t9xGARNpq86cd98joQYCN3EXAMPLE" (signature 72e494ea…).
+TC3_DOC_PAYLOAD = b'{"Limit": 1, "Filters": [{"Values": ["\\u672a\\u547d\\u540d"], "Name": "instance-name"}]}'
+TC3_DOC_HEADERS = {"Content-Type": "application/json; charset=utf-8", "Host": "cvm.tencentcloudapi.com"}
+
+
+@pytest.mark.parametrize(
+    ("secret_key", "signature"),
+    [
+        ("Gu5t9xGARNpq86cd98joQYCN3*******", "2230eefd229f582d8b1b891af7107b91597240707d778ab3738f756258d7652c"),
+        ("Gu5t9xGARNpq86cd98joQYCN3EXAMPLE", "72e494ea809ad7a8c8f7a4507b9bddcbaa8e581f516e8da2f66e2c5a96525168"),
+    ],
+)
+def test_tc3_signature_matches_tencents_published_example(secret_key: str, signature: str) -> None:
+    assert tc3_signature(
+        secret_key=secret_key, service="cvm", headers=TC3_DOC_HEADERS, payload=TC3_DOC_PAYLOAD, timestamp=1551113065
+    ) == (signature, "2019-02-25/cvm/tc3_request", "content-type;host")
 
 
 async def test_tencent_wrong_key_fails_the_signature_check(full_sandbox) -> None:
