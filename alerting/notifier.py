@@ -46,7 +46,6 @@ from alerting.templates import (
     ALARM_RESIDENT,
     TEMPLATES,
     VALVE_CLOSED_TEXT,
-    VALVE_CLOSING_TEXT,
     VALVE_UNCONFIRMED_TEXT,
     SmsTemplate,
     county_time,
@@ -81,6 +80,9 @@ REASON_FAILED = "发送失败"
 REASON_UNDELIVERED = "未送达"
 
 
+_UNLIMITED_ROLES: dict[str, int | None] = {"operator": None, "emergency": None}
+
+
 class NotificationSettings(BaseSettings):
     """Notification settings (``GG_*`` environment variables) beyond the SMS ones in AlertingSettings."""
 
@@ -110,6 +112,10 @@ class NotificationSettings(BaseSettings):
     daily_limits: dict[str, int] = Field(
         default_factory=lambda: {"aliyun": 50, "tencent": 10, "generic": 50, "aliyun-voice": 20}
     )
+    #: Per recipient role: the daily per-number, per-template limit in place of the provider's above;
+    #: ``null`` exempts the role. Duty operators and emergency management must not be cut off in an
+    #: alarm storm (one text per household and step), so by default only residents are limited.
+    role_daily_limits: dict[str, int | None] = Field(default_factory=lambda: dict(_UNLIMITED_ROLES))
     #: Poll for a receipt when a message has been sent this long without one, then this often.
     reconcile_after_s: float = Field(default=300.0, gt=0)
     reconcile_interval_s: float = Field(default=60.0, gt=0)
@@ -198,9 +204,7 @@ FROM (SELECT id FROM notification_outbox
       ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) due
 WHERE o.id = due.id
 RETURNING o.id, o.incident_id, o.channel, o.recipient, o.recipient_role, o.template, o.params, o.attempts,
-          (SELECT i.valve_closed_at IS NOT NULL FROM incident i WHERE i.id = o.incident_id) AS valve_closed,
-          EXISTS (SELECT 1 FROM incident i JOIN incident v ON v.household_id = i.household_id
-                  WHERE i.id = o.incident_id AND v.kind = 'valve_not_closed' AND v.state <> 'CLOSED') AS valve_failed
+          (SELECT i.valve_closed_at IS NOT NULL FROM incident i WHERE i.id = o.incident_id) AS valve_closed
 """
 
 _SENT_TODAY_SQL = """
@@ -226,16 +230,16 @@ RETURNING o.id, o.provider, o.recipient, o.provider_msg_id, o.sent_at
 """
 
 
-def job_params(template: str, stored: dict[str, Any], *, valve_closed: bool, valve_failed: bool) -> dict[str, str]:
-    """Template parameters as sent; the resident's valve wording reflects the valve's own report."""
+def job_params(template: str, stored: dict[str, Any], *, valve_closed: bool) -> dict[str, str]:
+    """Template parameters as sent; the resident's valve wording reflects the valve's own report.
+
+    Only the valve's own closed report, recorded on the incident, makes the text say 已关闭. Anything
+    else — the hold ended first, the valve refused or faulted, or no valve was commanded — is 未确认关闭:
+    a command sent is not a valve closing (safety rule 3), so the text never says it is closing.
+    """
     params = {k: str(v) for k, v in stored.items()}
     if template in _VALVE_WORDED:
-        if valve_closed:
-            params["valve"] = VALVE_CLOSED_TEXT
-        elif valve_failed:
-            params["valve"] = VALVE_UNCONFIRMED_TEXT
-        else:
-            params["valve"] = VALVE_CLOSING_TEXT
+        params["valve"] = VALVE_CLOSED_TEXT if valve_closed else VALVE_UNCONFIRMED_TEXT
     return params
 
 
@@ -379,6 +383,7 @@ class Notifier:
         max_attempts: int,
         policy: FallbackPolicy | None = None,
         daily_limits: Mapping[str, int] | None = None,
+        role_daily_limits: Mapping[str, int | None] | None = None,
         receipt_sources: Sequence[ReceiptSource] = (),
         reconcile_after_s: float = 300.0,
         reconcile_interval_s: float = 60.0,
@@ -391,6 +396,7 @@ class Notifier:
         self._max_attempts = max_attempts
         self.policy = policy or FallbackPolicy(voice="voice" in self._providers, operator_phones=())
         self._limits = dict(daily_limits or {})
+        self._role_limits = dict(role_daily_limits or {})
         self._sources = {s.name: s for s in receipt_sources}
         self._reconcile_after_s = reconcile_after_s
         self._reconcile_interval_s = reconcile_interval_s
@@ -494,9 +500,7 @@ class Notifier:
                 id=r["id"],
                 recipient=r["recipient"],
                 template=r["template"],
-                params=job_params(
-                    r["template"], r["params"], valve_closed=bool(r["valve_closed"]), valve_failed=r["valve_failed"]
-                ),
+                params=job_params(r["template"], r["params"], valve_closed=bool(r["valve_closed"])),
                 attempts=r["attempts"],
                 channel=r["channel"],
                 recipient_role=r["recipient_role"],
@@ -504,6 +508,12 @@ class Notifier:
             )
             for r in rows
         ]
+
+    def daily_limit(self, provider: str, recipient_role: str) -> int | None:
+        """Messages of one template a number may get per day from ``provider``; None means no limit."""
+        if recipient_role in self._role_limits:
+            return self._role_limits[recipient_role]
+        return self._limits.get(provider)
 
     async def _send_to_completion(self, conn: asyncpg.Connection, job: Job) -> None:
         """Send one job; a shutdown waits for it, so a sent message is never left marked unsent (and resent)."""
@@ -547,7 +557,7 @@ class Notifier:
             if provider is None:
                 raise ValueError(f"no provider for channel {job.channel}")  # noqa: TRY301 - handled as a refusal
             message = self._message(job, out_id)
-            limit = self._limits.get(provider.name)
+            limit = self.daily_limit(provider.name, job.recipient_role)
             if limit is not None:
                 today = await conn.fetchval(_SENT_TODAY_SQL, job.recipient, job.template, provider.name)
                 if today >= limit:
@@ -726,6 +736,7 @@ def build(settings: AlertingSettings, http: httpx.AsyncClient, notify: Notificat
         max_attempts=settings.sms_max_attempts,
         policy=FallbackPolicy(voice="voice" in providers, operator_phones=tuple(settings.duty_operator_phones)),
         daily_limits=notify.daily_limits,
+        role_daily_limits=notify.role_daily_limits,
         receipt_sources=sources,
         reconcile_after_s=notify.reconcile_after_s,
         reconcile_interval_s=notify.reconcile_interval_s,

@@ -106,6 +106,7 @@ def notifier(
     voice: bool = True,
     operators: Sequence[str] = (),
     limits: dict[str, int] | None = None,
+    role_limits: dict[str, int | None] | None = None,
     max_attempts: int = 5,
     sms: Provider | None = None,
 ) -> Notifier:
@@ -131,6 +132,7 @@ def notifier(
         max_attempts=max_attempts,
         policy=FallbackPolicy(voice=voice, operator_phones=tuple(operators)),
         daily_limits=limits or {},
+        role_daily_limits=role_limits,
         receipt_sources=[aliyun],
         reconcile_after_s=0.001,
     )
@@ -237,6 +239,64 @@ async def test_per_number_limit_blocks_the_sms_and_falls_back_to_a_voice_call(
     assert call.phone == phone and "切断阀已关闭" in call.text
     assert (await outbox(db, voice["id"]))["status"] == "sent"
     assert await db.fetchval("SELECT outcome FROM notification_attempt WHERE outbox_id = $1", second) == "limited"
+
+
+async def test_storm_limits_residents_but_not_the_duty_operators_by_default(
+    db: asyncpg.Connection, database_url: str, full_sandbox: FullSandbox
+) -> None:
+    operator_params = {"n": "1", "place": "文苑社区3号楼2单元101", "time": "06-13 06:42"}
+    operator_jobs = []
+    for n in range(1, 5):
+        home = await add_household(db, n, phone="13800003333")
+        incident_id = await open_incident(db, home.id)
+        await queue(db, incident_id, home.phone)
+        operator_jobs.append(
+            await queue(
+                db, incident_id, OPERATOR, role="operator", template="SMS_GG_ALARM_OPERATOR", params=operator_params
+            )
+        )
+    async with httpx.AsyncClient() as http:
+        defaults = NotificationSettings().role_daily_limits
+        sender = notifier(database_url, full_sandbox, http, voice=False, limits={"aliyun": 2}, role_limits=defaults)
+        while await sender.send_due(db):
+            pass
+    statuses = dict(await db.fetch("SELECT id, status FROM notification_outbox WHERE fallback_of IS NULL"))
+    assert [statuses[j] for j in operator_jobs] == ["sent"] * 4  # the operator is over the resident's limit
+    resident = await db.fetch("SELECT status FROM notification_outbox WHERE recipient = '13800003333' ORDER BY id")
+    assert [r["status"] for r in resident] == ["sent", "sent", "blocked", "blocked"]
+    assert len([m for m in full_sandbox.platform.received if m.phone == OPERATOR]) == 4
+
+    # A raised limit is a policy too: at 5 a day the operator's fifth text of the template is blocked.
+    home = await add_household(db, 9)
+    fifth = await queue(
+        db,
+        await open_incident(db, home.id),
+        OPERATOR,
+        role="operator",
+        template="SMS_GG_ALARM_OPERATOR",
+        params=operator_params,
+    )
+    sixth_home = await add_household(db, 10)
+    sixth = await queue(
+        db,
+        await open_incident(db, sixth_home.id),
+        OPERATOR,
+        role="operator",
+        template="SMS_GG_ALARM_OPERATOR",
+        params=operator_params,
+    )
+    async with httpx.AsyncClient() as http:
+        sender = notifier(database_url, full_sandbox, http, voice=False, role_limits={"operator": 5})
+        await sender.send_due(db)
+    assert (await outbox(db, fifth))["status"] == "sent"
+    assert (await outbox(db, sixth))["status"] == "blocked"
+
+
+def test_role_limits_are_configurable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GG_ROLE_DAILY_LIMITS", '{"operator": 500}')
+    assert NotificationSettings().role_daily_limits == {"operator": 500}
+    monkeypatch.delenv("GG_ROLE_DAILY_LIMITS")
+    assert NotificationSettings().role_daily_limits == {"operator": None, "emergency": None}
 
 
 async def test_provider_limit_without_voice_tells_the_duty_operator(
