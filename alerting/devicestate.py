@@ -6,6 +6,10 @@ telemetry and event row per device that has a heartbeat in the catalogue, applie
 `alerting.rules.assess_health`, keeps ``device_state`` current (a silent device becomes 'unknown',
 never 'normal') and opens one incident per household and kind (the unique index makes that safe
 when several engines sweep).
+
+When a whole community or gateway goes silent at once (a power cut, a dead gateway, a cut fibre),
+one ``offline_scope`` incident per scope goes to the operators instead of thousands of per-device
+incidents that would bury them; each device still reads 'unknown'.
 """
 
 from __future__ import annotations
@@ -13,12 +17,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from dataclasses import dataclass
 
 import asyncpg
 
 from alerting.recorder import TRANSIENT_DB_ERRORS
-from alerting.records import DeviceNoted, apply_device
+from alerting.records import DeviceNoted, apply_device, open_scope_incident
 from alerting.rules import HealthInput, assess_health
 from gasguard.db import connect
 
@@ -27,12 +32,14 @@ _LOGGER = logging.getLogger(__name__)
 SEVERITY = {"offline": "info", "low_battery": "info", "mains_loss": "warning"}
 
 _SWEEP_SQL = """
-SELECT d.id, d.household_id, m.heartbeat_s, m.offline_factor, m.low_battery_pct,
+SELECT d.id, d.household_id, h.community_code, d.modbus_controller,
+       m.heartbeat_s, m.offline_factor, m.low_battery_pct,
        extract(epoch FROM now() - greatest(t.received_at, e.received_at))::float8 AS seen_ago,
        extract(epoch FROM now() - d.created_at)::float8 AS installed_ago,
        t.battery_pct, t.mains_ok, s.status, now() AS now
 FROM device d
 JOIN device_model m ON m.id = d.model_id
+JOIN household h ON h.id = d.household_id
 LEFT JOIN LATERAL (SELECT received_at, battery_pct, mains_ok FROM telemetry
                    WHERE device_id = d.id ORDER BY device_ts DESC LIMIT 1) t ON true
 LEFT JOIN LATERAL (SELECT received_at FROM device_event
@@ -40,6 +47,30 @@ LEFT JOIN LATERAL (SELECT received_at FROM device_event
 LEFT JOIN device_state s ON s.device_id = d.id
 WHERE m.heartbeat_s IS NOT NULL
 """
+
+# Only rows whose status changed: a concurrent change by the engine (alarm, fault) is not overwritten.
+_SET_STATUS_SQL = """
+INSERT INTO device_state (device_id, status, since, updated_at)
+SELECT u.id, u.status, $3, now() FROM unnest($1::text[], $2::text[]) AS u(id, status)
+ON CONFLICT (device_id) DO UPDATE SET
+    since = CASE WHEN device_state.status = excluded.status THEN device_state.since ELSE excluded.since END,
+    status = excluded.status, updated_at = now()
+"""
+
+_SET_HEALTH_SQL = """
+UPDATE device_state s SET low_battery = u.low_battery, mains_lost = u.mains_lost,
+    last_seen_at = CASE WHEN u.seen_ago IS NULL THEN NULL ELSE now() - make_interval(secs => u.seen_ago) END
+FROM unnest($1::text[], $2::bool[], $3::bool[], $4::float8[]) AS u(id, low_battery, mains_lost, seen_ago)
+WHERE s.device_id = u.id
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class ScopePolicy:
+    """When silent devices of one community or gateway become one incident for the scope."""
+
+    min_devices: int = 10
+    share: float = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,12 +80,34 @@ class SweepResult:
     devices: int
     unknown: int
     opened: int
+    #: Scopes (``community:<code>``, ``gateway:<controller>``) found silent as a whole.
+    silent_scopes: tuple[str, ...] = ()
 
 
-async def sweep(conn: asyncpg.Connection) -> SweepResult:
+def offline_scope(community_code: str, controller: str | None) -> str:
+    """The scope a device goes silent with: its gateway (Modbus controller) if it has one, else its community."""
+    return f"gateway:{controller}" if controller else f"community:{community_code.strip()}"
+
+
+def silent_scopes(unknown: Counter[str], total: Counter[str], policy: ScopePolicy) -> set[str]:
+    """Scopes with enough of their devices unknown to count as silent as a whole (pure)."""
+    return {
+        scope
+        for scope, count in unknown.items()
+        if count >= policy.min_devices and count >= policy.share * total[scope]
+    }
+
+
+async def sweep(conn: asyncpg.Connection, policy: ScopePolicy | None = None) -> SweepResult:
     """One pass over every device with a heartbeat."""
+    policy = policy or ScopePolicy()
     rows = await conn.fetch(_SWEEP_SQL)
-    unknown = opened = 0
+    verdicts = []
+    changed_ids: list[str] = []
+    changed_status: list[str] = []
+    health: list[tuple[str, bool, bool, float | None]] = []
+    total: Counter[str] = Counter()
+    unknown_in: Counter[str] = Counter()
     for r in rows:
         verdict = assess_health(
             HealthInput(
@@ -72,23 +125,33 @@ async def sweep(conn: asyncpg.Connection) -> SweepResult:
         status = verdict.status
         if status is None and r["status"] in (None, "unknown") and r["seen_ago"] is not None:
             status = "normal"  # heard from again within the window
+        if status is not None and status != r["status"]:
+            changed_ids.append(r["id"])
+            changed_status.append(status)
+        health.append((r["id"], "low_battery" in verdict.kinds, "mains_loss" in verdict.kinds, r["seen_ago"]))
+        scope = offline_scope(r["community_code"], r["modbus_controller"])
+        total[scope] += 1
         if status == "unknown":
-            unknown += 1
-        async with conn.transaction():
-            if status is not None and status != r["status"]:
-                await apply_device(
-                    conn, DeviceNoted(device_id=r["id"], household_id=r["household_id"], status=status, at=r["now"])
-                )
+            unknown_in[scope] += 1
+        verdicts.append((r, scope, verdict.kinds))
+    silent = silent_scopes(unknown_in, total, policy)
+    opened = 0
+    async with conn.transaction():
+        if rows:
+            at = rows[0]["now"]
+            await conn.execute(_SET_STATUS_SQL, changed_ids, changed_status, at)
             await conn.execute(
-                "UPDATE device_state SET low_battery = $2, mains_lost = $3,"
-                " last_seen_at = CASE WHEN $4::float8 IS NULL THEN NULL ELSE now() - make_interval(secs => $4) END"
-                " WHERE device_id = $1",
-                r["id"],
-                "low_battery" in verdict.kinds,
-                "mains_loss" in verdict.kinds,
-                r["seen_ago"],
+                _SET_HEALTH_SQL,
+                [h[0] for h in health],
+                [h[1] for h in health],
+                [h[2] for h in health],
+                [h[3] for h in health],
             )
-            for kind in verdict.kinds:
+    for r, scope, kinds in verdicts:
+        for kind in kinds:
+            if kind == "offline" and scope in silent:
+                continue  # counted in the scope's incident
+            async with conn.transaction():
                 new = await apply_device(
                     conn,
                     DeviceNoted(
@@ -100,18 +163,31 @@ async def sweep(conn: asyncpg.Connection) -> SweepResult:
                         at=r["now"],
                     ),
                 )
-                opened += new is not None
-    return SweepResult(devices=len(rows), unknown=unknown, opened=opened)
+            opened += new is not None
+    for scope in sorted(silent):
+        community = Counter(r["community_code"] for r, s, _ in verdicts if s == scope).most_common(1)[0][0]
+        async with conn.transaction():
+            new = await open_scope_incident(
+                conn,
+                scope=f"offline:{scope}",
+                community_code=community,
+                at=rows[0]["now"],
+                detail={"devices_unknown": unknown_in[scope], "devices": total[scope]},
+            )
+        opened += new is not None
+    return SweepResult(
+        devices=len(rows), unknown=sum(unknown_in.values()), opened=opened, silent_scopes=tuple(sorted(silent))
+    )
 
 
-async def sweep_loop(dsn: str, *, interval_s: float) -> None:
+async def sweep_loop(dsn: str, *, interval_s: float, policy: ScopePolicy | None = None) -> None:
     """Sweep forever; survives database outages."""
     while True:
         conn: asyncpg.Connection | None = None
         try:
             conn = await connect(dsn)
             while True:
-                result = await sweep(conn)
+                result = await sweep(conn, policy)
                 _LOGGER.debug("health sweep: %s", result)
                 await asyncio.sleep(interval_s)
         except TRANSIENT_DB_ERRORS as err:

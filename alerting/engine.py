@@ -26,6 +26,7 @@ from alerting.records import (
     CommandResent,
     DeviceNoted,
     Rejected,
+    ResidentSmsDue,
     SentCommand,
     ValveNotClosed,
     ValveReported,
@@ -83,6 +84,9 @@ class Engine:
         #: Active/standby (see `alerting.leader`); a standby only remembers recent alarms.
         self.active = active
         self._standby_alarms: deque[tuple[float, str, AlarmEvent]] = deque(maxlen=100_000)
+        #: Resident texts held for the valve's report: (monotonic deadline, household, valves commanded).
+        #: The hold is the same for every alarm, so deadlines arrive in order and a deque is a timer queue.
+        self._sms_holds: deque[tuple[float, int, tuple[str, ...]]] = deque()
         self.alarms_handled = 0
         self.commands_sent = 0
 
@@ -226,6 +230,9 @@ class Engine:
                             hotline=self._settings.hotline,
                         )
                     )
+                    if sent:
+                        hold_until = now + self._settings.resident_sms_hold_s
+                        self._sms_holds.append((hold_until, household_id, tuple(c.valve_id for c in sent)))
                 case rules.RejectEvent(reason=reason):
                     if alarm_id not in self._warned_unknown:
                         self._warned_unknown.add(alarm_id)
@@ -340,10 +347,12 @@ class Engine:
         )
 
     def tick(self) -> None:
-        """Fire due timers: resend unanswered commands, escalate unconfirmed ones."""
+        """Fire due timers: release held resident texts, resend unanswered commands, escalate unconfirmed ones."""
+        now = self._monotonic()
+        self._release_sms_holds(now)
         if not self.active:
             return
-        due = self.tracker.due(self._monotonic())
+        due = self.tracker.due(now)
         for track in due.resend:
             self._publish(self._topics.device(track.valve_id, Channel.COMMAND), encode(track.command))
             self._recorder.submit(
@@ -353,6 +362,19 @@ class Engine:
             self._escalate(track, "no closed report within the confirmation timeout", self._clock())
         for track in due.expired:
             _LOGGER.error("close command %s to %s expired unconfirmed", track.command.cmd_id, track.valve_id)
+
+    def _release_sms_holds(self, now: float) -> None:
+        """End the holds that are due: a text whose valves all reported closed was released by that report.
+
+        The release is a record behind every record the engine had submitted before it — the valve's
+        closed report included — so however far the recorder lags in a storm, the text is released after
+        the closing is recorded, and says 已关闭 exactly when the valve reported closed in time.
+        """
+        while self._sms_holds and self._sms_holds[0][0] <= now:
+            _, household_id, valve_ids = self._sms_holds.popleft()
+            if all(self.tracker.state(v) is rules.ValveTrackState.CLOSED for v in valve_ids):
+                continue
+            self._recorder.submit(ResidentSmsDue(household_id=household_id, at=self._clock()))
 
     async def timer_loop(self, interval_s: float = 0.1) -> None:
         """Run `tick` forever."""

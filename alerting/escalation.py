@@ -42,11 +42,13 @@ DEVICE_ISSUES: Mapping[str, str] = {
     "offline": "离线",
     "low_battery": "电量低",
     "mains_loss": "市电中断",
+    "offline_scope": "成片离线",
 }
 EMERGENCY_WHAT: Mapping[str, str] = {
     "gas_alarm": "燃气报警",
     "cluster": "多户燃气报警",
     "valve_not_closed": "切断阀未关闭",
+    "offline_scope": "设备成片离线",
 }
 
 

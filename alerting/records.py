@@ -103,6 +103,14 @@ class Rejected(_Record):
     at: AwareDatetime
 
 
+class ResidentSmsDue(_Record):
+    """The resident's hold ended without the valve's closed report: the held text goes now (saying so)."""
+
+    op: Literal["sms_due"] = "sms_due"
+    household_id: int
+    at: AwareDatetime
+
+
 class DeviceNoted(_Record):
     """A device's state changed (status) and, for faults and health findings, an incident kind to open."""
 
@@ -116,50 +124,80 @@ class DeviceNoted(_Record):
     detail: dict[str, str] = Field(default_factory=dict)
 
 
-AnyRecord = AlarmRecorded | CommandResent | CommandAcked | ValveReported | ValveNotClosed | Rejected | DeviceNoted
+AnyRecord = (
+    AlarmRecorded
+    | CommandResent
+    | CommandAcked
+    | ValveReported
+    | ValveNotClosed
+    | ResidentSmsDue
+    | Rejected
+    | DeviceNoted
+)
 Record = Annotated[AnyRecord, Field(discriminator="op")]
 RECORD_ADAPTER: TypeAdapter[AnyRecord] = TypeAdapter(Record)
+
+
+#: A held resident SMS is released by the engine (valve closed, not confirmed, or its hold ended). Should
+#: no engine live to release it, it goes out this long after its hold would have ended anyway.
+RESIDENT_SMS_BACKSTOP_S = 60.0
 
 
 async def apply(conn: asyncpg.Connection, record: Record) -> None:
     """Apply one record in its own transaction."""
     async with conn.transaction():
-        match record:
-            case AlarmRecorded():
-                await _apply_alarm(conn, record)
-            case CommandResent():
-                await conn.execute(
-                    "INSERT INTO valve_command_attempt (cmd_id, attempt, sent_at) VALUES ($1, $2, $3)"
-                    " ON CONFLICT DO NOTHING",
-                    record.cmd_id,
-                    record.attempt,
-                    record.sent_at,
-                )
-            case CommandAcked():
-                await conn.execute(
-                    "UPDATE valve_command SET acked_at = coalesce(acked_at, $2),"
-                    " state = CASE WHEN state = 'sent' THEN (CASE WHEN $3 THEN 'acked' ELSE 'refused' END)"
-                    " ELSE state END WHERE cmd_id = $1",
-                    record.cmd_id,
-                    record.at,
-                    record.accepted,
-                )
-            case ValveReported():
-                await _apply_valve(conn, record)
-            case ValveNotClosed():
-                await _apply_not_closed(conn, record)
-            case DeviceNoted():
-                await apply_device(conn, record)
-            case Rejected():
-                await conn.execute(
-                    "INSERT INTO dead_letter (received_at, source, topic, device_id, reason, payload)"
-                    " VALUES ($1, 'alerting', $2, $3, $4, $5)",
-                    record.at,
-                    record.topic,
-                    record.device_id,
-                    record.reason,
-                    record.payload,
-                )
+        await _apply(conn, record)
+
+
+async def apply_batch(conn: asyncpg.Connection, records: list[AnyRecord]) -> None:
+    """Apply records in order in one transaction: one commit (and WAL flush) for the lot.
+
+    All or nothing: if the database refuses one, the caller applies them one by one to find it.
+    """
+    async with conn.transaction():
+        for record in records:
+            await _apply(conn, record)
+
+
+async def _apply(conn: asyncpg.Connection, record: Record) -> None:
+    match record:
+        case AlarmRecorded():
+            await _apply_alarm(conn, record)
+        case CommandResent():
+            await conn.execute(
+                "INSERT INTO valve_command_attempt (cmd_id, attempt, sent_at) VALUES ($1, $2, $3)"
+                " ON CONFLICT DO NOTHING",
+                record.cmd_id,
+                record.attempt,
+                record.sent_at,
+            )
+        case CommandAcked():
+            await conn.execute(
+                "UPDATE valve_command SET acked_at = coalesce(acked_at, $2),"
+                " state = CASE WHEN state = 'sent' THEN (CASE WHEN $3 THEN 'acked' ELSE 'refused' END)"
+                " ELSE state END WHERE cmd_id = $1",
+                record.cmd_id,
+                record.at,
+                record.accepted,
+            )
+        case ValveReported():
+            await _apply_valve(conn, record)
+        case ValveNotClosed():
+            await _apply_not_closed(conn, record)
+        case DeviceNoted():
+            await apply_device(conn, record)
+        case ResidentSmsDue():
+            await _release_resident_sms(conn, household_id=record.household_id)
+        case Rejected():
+            await conn.execute(
+                "INSERT INTO dead_letter (received_at, source, topic, device_id, reason, payload)"
+                " VALUES ($1, 'alerting', $2, $3, $4, $5)",
+                record.at,
+                record.topic,
+                record.device_id,
+                record.reason,
+                record.payload,
+            )
 
 
 async def _timeline(conn: asyncpg.Connection, incident_id: int, type_: str, detail: dict[str, object]) -> None:
@@ -235,28 +273,37 @@ async def _apply_alarm(conn: asyncpg.Connection, r: AlarmRecorded) -> None:
             c.issued_at,
         )
         await _timeline(conn, incident_id, "valve_command_sent", {"valve_id": c.valve_id, "cmd_id": str(c.cmd_id)})
-    if opened:
-        await _start_escalation(conn, incident_id, severity=r.severity, started_at=r.received_at)
-        await _check_cluster(conn, r)
-    elif r.severity == "critical":
-        await conn.execute(
-            "UPDATE escalation SET severity = 'critical' WHERE incident_id = $1 AND stopped_at IS NULL", incident_id
-        )
-    if opened:
-        phone: str | None = await conn.fetchval("SELECT resident_phone FROM household WHERE id = $1", r.household_id)
-        if phone:
+    if not opened:
+        if r.severity == "critical":
             await conn.execute(
-                """
-                INSERT INTO notification_outbox (incident_id, channel, recipient, recipient_role, template, params,
-                                                 next_attempt_at)
-                VALUES ($1, 'sms', $2, 'resident', $3, $4, $5) ON CONFLICT DO NOTHING
-                """,
-                incident_id,
-                phone,
-                ALARM_RESIDENT.code,
-                {"time": county_time(r.received_at), "hotline": r.hotline},
-                r.received_at + timedelta(seconds=r.resident_sms_hold_s if r.commands else 0),
+                "UPDATE escalation SET severity = 'critical' WHERE incident_id = $1 AND stopped_at IS NULL", incident_id
             )
+        return
+    await _start_escalation(conn, incident_id, severity=r.severity, started_at=r.received_at)
+    home = await conn.fetchrow(
+        "SELECT community_code, building, resident_phone FROM household WHERE id = $1", r.household_id
+    )
+    if home is None:
+        return
+    await _check_cluster(conn, r, community=home["community_code"], building=home["building"])
+    if home["resident_phone"]:
+        # Held for the valve's own report; the engine releases it (closed, not confirmed, or the hold
+        # ended), in order behind the records it had by then, however late this record is applied.
+        hold_s = r.resident_sms_hold_s + RESIDENT_SMS_BACKSTOP_S if r.commands else 0.0
+        await conn.execute(
+            """
+            INSERT INTO notification_outbox (incident_id, channel, recipient, recipient_role, template, params,
+                                             next_attempt_at)
+            VALUES ($1, 'sms', $2, 'resident', $3, $4, greatest($5::timestamptz, now()) + make_interval(secs => $6))
+            ON CONFLICT DO NOTHING
+            """,
+            incident_id,
+            home["resident_phone"],
+            ALARM_RESIDENT.code,
+            {"time": county_time(r.received_at), "hotline": r.hotline},
+            r.received_at,
+            hold_s,
+        )
 
 
 async def _apply_valve(conn: asyncpg.Connection, r: ValveReported) -> None:
@@ -366,27 +413,38 @@ async def _start_escalation(
     )
 
 
-async def _check_cluster(conn: asyncpg.Connection, r: AlarmRecorded) -> None:
-    """Cluster rule, evaluated where every engine's alarms meet: distinct households per scope and window."""
-    home = await conn.fetchrow("SELECT community_code, building FROM household WHERE id = $1", r.household_id)
-    if home is None:
-        return
+async def _check_cluster(conn: asyncpg.Connection, r: AlarmRecorded, *, community: str, building: str) -> None:
+    """Cluster rule, evaluated where every engine's alarms meet: distinct households per scope and window.
+
+    A scope whose cluster incident is already open is not counted again, so an alarm storm costs one
+    index look-up per alarm instead of a count that grows with the storm.
+    """
+    keys = {"building": f"building:{community}:{building}", "community": f"community:{community}"}
+    active = {
+        row[0]
+        for row in await conn.fetch(
+            "SELECT scope FROM incident WHERE kind = 'cluster' AND state <> 'CLOSED' AND scope = ANY($1::text[])",
+            list(keys.values()),
+        )
+    }
     policies = [
         ClusterPolicy(scope=p["scope"], window_s=p["window_s"], min_households=p["min_households"])
         for p in await conn.fetch("SELECT scope, window_s, min_households FROM cluster_policy")
+        if keys[p["scope"]] not in active
     ]
     counts: dict[str, int] = {}
     for policy in policies:
         counts[policy.scope] = await conn.fetchval(
             """
-            SELECT count(DISTINCT i.household_id) FROM incident i JOIN household h ON h.id = i.household_id
-            WHERE i.kind = 'gas_alarm' AND i.alarm_received_at > $1::timestamptz - make_interval(secs => $2)
-              AND i.alarm_received_at <= $1 AND h.community_code = $3 AND ($4::text IS NULL OR h.building = $4)
+            SELECT count(DISTINCT i.household_id) FROM household h
+            JOIN incident i ON i.household_id = h.id AND i.kind = 'gas_alarm'
+            WHERE h.community_code = $3 AND ($4::text IS NULL OR h.building = $4)
+              AND i.alarm_received_at > $1::timestamptz - make_interval(secs => $2) AND i.alarm_received_at <= $1
             """,
             r.received_at,
             float(policy.window_s),
-            home["community_code"],
-            home["building"] if policy.scope == "building" else None,
+            community,
+            building if policy.scope == "building" else None,
         )
     scopes = cluster_scopes(
         building_households=counts.get("building", 0),
@@ -394,11 +452,7 @@ async def _check_cluster(conn: asyncpg.Connection, r: AlarmRecorded) -> None:
         policies=policies,
     )
     for scope in scopes:
-        key = (
-            f"building:{home['community_code']}:{home['building']}"
-            if scope == "building"
-            else f"community:{home['community_code']}"
-        )
+        key = keys[scope]
         incident_id: int | None = await conn.fetchval(
             """
             INSERT INTO incident (household_id, kind, severity, scope, community_code, alarm_received_at, detail)
@@ -406,20 +460,48 @@ async def _check_cluster(conn: asyncpg.Connection, r: AlarmRecorded) -> None:
             ON CONFLICT (scope) WHERE kind = 'cluster' AND state <> 'CLOSED' DO NOTHING RETURNING id
             """,
             key,
-            home["community_code"],
+            community,
             r.received_at,
             {"households": counts[scope]},
         )
         if incident_id is None:
             continue
         await _timeline(conn, incident_id, "opened", {"scope": key, "households": counts[scope]})
-        # Straight to emergency management: start at the first step that reaches it.
-        first = await conn.fetchval(
-            "SELECT min(step) FROM escalation_policy_step WHERE severity = 'critical' AND 'emergency' = ANY(roles)"
-        )
-        await _start_escalation(
-            conn, incident_id, severity="critical", started_at=r.received_at, first_step=int(first or 0)
-        )
+        await start_emergency_escalation(conn, incident_id, started_at=r.received_at)
+
+
+async def start_emergency_escalation(conn: asyncpg.Connection, incident_id: int, *, started_at: datetime) -> None:
+    """Escalate a critical incident straight to emergency management: from the first step that reaches it."""
+    first = await conn.fetchval(
+        "SELECT min(step) FROM escalation_policy_step WHERE severity = 'critical' AND 'emergency' = ANY(roles)"
+    )
+    await _start_escalation(conn, incident_id, severity="critical", started_at=started_at, first_step=int(first or 0))
+
+
+async def open_scope_incident(
+    conn: asyncpg.Connection, *, scope: str, community_code: str, at: datetime, detail: dict[str, int]
+) -> int | None:
+    """Open the one active ``offline_scope`` incident of a silent community or gateway; returns a new id.
+
+    Critical, escalated from the first step (duty operators at once, emergency management if nobody
+    acknowledges): while its devices are silent, an alarm there closes no valve.
+    """
+    incident_id: int | None = await conn.fetchval(
+        """
+        INSERT INTO incident (household_id, kind, severity, scope, community_code, alarm_received_at, detail)
+        VALUES (NULL, 'offline_scope', 'critical', $1, $2, $3, $4)
+        ON CONFLICT (scope) WHERE kind = 'offline_scope' AND state <> 'CLOSED' DO NOTHING RETURNING id
+        """,
+        scope,
+        community_code,
+        at,
+        detail,
+    )
+    if incident_id is None:
+        return None
+    await _timeline(conn, incident_id, "opened", {"scope": scope, **detail})
+    await _start_escalation(conn, incident_id, severity="critical", started_at=at)
+    return incident_id
 
 
 async def apply_device(conn: asyncpg.Connection, r: DeviceNoted) -> int | None:

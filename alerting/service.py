@@ -22,7 +22,7 @@ import httpx
 
 from alerting import notifier, receipts
 from alerting.commands import PendingCommand
-from alerting.devicestate import sweep_loop
+from alerting.devicestate import ScopePolicy, sweep_loop
 from alerting.directory import DirectoryKeeper
 from alerting.engine import Engine
 from alerting.escalation import Escalator
@@ -65,8 +65,12 @@ class Alerting:
                 tg.create_task(self.notifier.run_loop(), name="alerting.notifier_loop")
                 tg.create_task(receipts.serve(settings, self.notify), name="alerting.receipts")
                 tg.create_task(self.escalator.run_loop(), name="alerting.escalation_loop")
+                scope_policy = ScopePolicy(
+                    min_devices=settings.offline_scope_min_devices, share=settings.offline_scope_share
+                )
                 tg.create_task(
-                    sweep_loop(settings.dsn(), interval_s=settings.health_sweep_s), name="alerting.health_loop"
+                    sweep_loop(settings.dsn(), interval_s=settings.health_sweep_s, policy=scope_policy),
+                    name="alerting.health_loop",
                 )
                 # Start listening only with a directory to act on. If the database is down at start,
                 # the journal of an earlier run still replays, but alarms need the wiring first.

@@ -47,6 +47,11 @@ class AlertingSettings(CommonSettings):
     escalation_poll_s: float = Field(default=1.0, gt=0)
     #: How often the device-health sweep (offline, low battery, mains loss) runs.
     health_sweep_s: float = Field(default=60.0, gt=0)
+    #: A community or gateway (Modbus controller) whose devices go silent together is one ``offline_scope``
+    #: incident to the operators, not one incident per device: at least this many of its devices and this
+    #: share of them unknown in one sweep. Each device's state is 'unknown' either way.
+    offline_scope_min_devices: int = Field(default=10, ge=2)
+    offline_scope_share: float = Field(default=0.5, gt=0, le=1)
     #: Active/standby: the engine holding this PostgreSQL advisory lock acts on alarms.
     leader_lock_key: int = 0x6767_616C  # "ggal"
     #: How often a standby tries to take the lock.

@@ -64,9 +64,10 @@ def test_backoff_grows_and_is_capped() -> None:
 
 def test_valve_wording_comes_from_the_valves_report_for_sms_and_voice() -> None:
     for template in ("SMS_GG_ALARM_RESIDENT", "TTS_GG_ALARM_RESIDENT"):
-        assert job_params(template, PARAMS, valve_closed=True, valve_failed=False)["valve"] == "已关闭"
-        assert job_params(template, PARAMS, valve_closed=False, valve_failed=True)["valve"] == "未确认关闭"
-    assert "valve" not in job_params(RESIDENT_UNREACHABLE.code, PARAMS, valve_closed=True, valve_failed=False)
+        assert job_params(template, PARAMS, valve_closed=True)["valve"] == "已关闭"
+        # Not reported closed (hold ended, refused, faulted, no valve): never "closing", always "unconfirmed".
+        assert job_params(template, PARAMS, valve_closed=False)["valve"] == "未确认关闭"
+    assert "valve" not in job_params(RESIDENT_UNREACHABLE.code, PARAMS, valve_closed=True)
 
 
 @pytest.mark.parametrize("template", list(NOTIFY_TEMPLATES.values()), ids=lambda t: t.code)

@@ -152,12 +152,13 @@ async def test_alarm_closes_only_its_valve_and_texts_the_resident(
 
         await wait_for(incident_complete)
 
-        async def sms_sent() -> bool:
-            return (
-                await db.fetchval("SELECT status FROM notification_outbox WHERE recipient_role = 'resident'") == "sent"
-            )
+        async def sms_sent_and_notified() -> bool:
+            sms = await db.fetchval("SELECT status FROM notification_outbox WHERE recipient_role = 'resident'")
+            # The escalator marks the incident NOTIFIED on its own loop, not with the text.
+            state = await db.fetchval("SELECT state FROM incident WHERE household_id = $1", home.id)
+            return sms == "sent" and state == "NOTIFIED"
 
-        await wait_for(sms_sent)
+        await wait_for(sms_sent_and_notified, timeout=60)
 
     assert [v for v, _ in valves.commands] == [home.valve_id]
     assert all(c.command == "close" for _, c in valves.commands)

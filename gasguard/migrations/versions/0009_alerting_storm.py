@@ -1,0 +1,48 @@
+"""Alerting under storm: one incident per silent community or gateway, and the cluster rule's index.
+
+Revision ID: 0009_alerting
+Revises: 0003_notify (and needs 0002_alerting's incident kinds)
+Create Date: 2026-11-29
+"""
+
+from alembic import op
+from sqlalchemy.util import await_only
+
+revision = "0009_alerting"
+down_revision = "0003_notify"
+branch_labels = None
+depends_on = ("0002_alerting",)
+
+SCHEMA = r"""
+-- A whole community or gateway going silent is one incident for the scope ('offline:community:<code>'
+-- or 'offline:gateway:<controller>'), not one per device; each device stays 'unknown' in device_state.
+ALTER TABLE incident DROP CONSTRAINT incident_kind_check;
+ALTER TABLE incident ADD CONSTRAINT incident_kind_check CHECK (kind IN (
+    'gas_alarm', 'valve_not_closed', 'device_fault', 'end_of_life', 'offline', 'low_battery', 'mains_loss', 'cluster',
+    'offline_scope'));
+ALTER TABLE incident DROP CONSTRAINT incident_household_unless_cluster;
+ALTER TABLE incident ADD CONSTRAINT incident_household_unless_scope
+    CHECK (kind IN ('cluster', 'offline_scope') OR household_id IS NOT NULL);
+ALTER TABLE incident ADD CONSTRAINT incident_offline_scope_has_scope CHECK (kind <> 'offline_scope' OR scope IS NOT NULL);
+CREATE UNIQUE INDEX incident_one_active_offline_scope_idx ON incident (scope)
+    WHERE kind = 'offline_scope' AND state <> 'CLOSED';
+
+-- The cluster rule counts alarming households per building and community in the recorder's transaction;
+-- in an alarm storm that count must start from the scope's households, not from every recent alarm.
+CREATE INDEX household_place_idx ON household (community_code, building);
+"""
+
+
+def _execute_script(sql: str) -> None:
+    # asyncpg runs a multi-statement script only through its simple-query path.
+    driver = op.get_bind().connection.driver_connection
+    assert driver is not None
+    await_only(driver.execute(sql))
+
+
+def upgrade() -> None:
+    _execute_script(SCHEMA)
+
+
+def downgrade() -> None:
+    raise NotImplementedError("alerting storm changes are not downgraded; restore from backup instead")
