@@ -23,6 +23,7 @@ from gasguard.protocol import (
     Topics,
     is_valid_device_id,
 )
+from ingest.decode import decode_telemetry
 from ingest.rows import (
     DeadLetterRow,
     EventRow,
@@ -142,7 +143,8 @@ class Classifier:
             return ToDeadLetter(dead_letter_row(received_at, topic, device_id, UNKNOWN_DEVICE, payload))
         try:
             if channel is Channel.TELEMETRY:
-                telemetry = TELEMETRY_ADAPTER.validate_json(payload)
+                # The strict msgspec reading first; what it refuses, pydantic judges (and explains).
+                telemetry = decode_telemetry(payload) or TELEMETRY_ADAPTER.validate_json(payload)
                 return ToTelemetry(telemetry_row(device_id, telemetry, received_at), telemetry.seq)
             event = EVENT_ADAPTER.validate_json(payload)
             return ToEvent(event_row(device_id, event, received_at), event.seq)

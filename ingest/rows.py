@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from gasguard.protocol import AlarmEvent, AlarmTelemetry, ValveEvent, ValveTelemetry
+from ingest.decode import FastAlarmTelemetry, FastValveTelemetry
 
 #: ``source`` column of dead letters written by ingest.
 SOURCE = "mqtt"
@@ -129,11 +130,19 @@ def _float32(name: str, value: float | None) -> float | None:
     return value
 
 
-def telemetry_row(device_id: str, message: AlarmTelemetry | ValveTelemetry, received_at: datetime) -> TelemetryRow:
-    """Flatten a telemetry message into a ``telemetry`` row (raises `RowError`)."""
+def telemetry_row(
+    device_id: str,
+    message: AlarmTelemetry | ValveTelemetry | FastAlarmTelemetry | FastValveTelemetry,
+    received_at: datetime,
+) -> TelemetryRow:
+    """Flatten a telemetry message (pydantic model or its msgspec mirror) into a ``telemetry`` row.
+
+    Raises:
+        RowError: a value fits the protocol but not its column.
+    """
     power = message.power
     radio = message.radio
-    if isinstance(message, AlarmTelemetry):
+    if isinstance(message, AlarmTelemetry | FastAlarmTelemetry):
         lel: float | None = message.lel
         alarm_state: str | None = message.state
         valve_position: str | None = None
