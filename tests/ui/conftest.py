@@ -39,8 +39,12 @@ async def browser() -> AsyncIterator[Browser]:
 
 
 @pytest.fixture
-async def page(browser: Browser) -> AsyncIterator[Page]:
-    """A fresh context and page in Chinese, in UTC, so the pages must convert times to Asia/Shanghai."""
+async def page(browser: Browser, ui_server: str) -> AsyncIterator[Page]:
+    """A fresh context and page in Chinese, in UTC, so the pages must convert times to Asia/Shanghai.
+
+    It depends on ``ui_server`` so that it is closed first: a page left open keeps its live-update stream,
+    which the server would wait for when stopping.
+    """
     context = await browser.new_context(locale="zh-CN", timezone_id="UTC", viewport={"width": 1440, "height": 900})
     context.set_default_timeout(TIMEOUT_MS)
     page = await context.new_page()

@@ -139,6 +139,7 @@ async function flush() {
     return;
   }
   const fresh = [];
+  const newlyCritical = [];
   const seen = new Set();
   for (const row of data.items) {
     seen.add(row.id);
@@ -146,18 +147,20 @@ async function flush() {
       rowsById.delete(row.id);
       continue;
     }
-    if (!rowsById.has(row.id)) fresh.push(row);
+    const before = rowsById.get(row.id);
+    if (!before) fresh.push(row);
+    // New, or raised to critical (a leak often starts as a low alarm and rises).
+    if (row.severity === "critical" && before?.severity !== "critical") newlyCritical.push(row);
     rowsById.set(row.id, row);
   }
   for (const id of ids) if (!seen.has(id)) rowsById.delete(id); // no longer in this user's scope
   renderCounts(data.counts);
   render();
-  for (const row of fresh) {
+  for (const row of [...fresh, ...newlyCritical]) {
     const tr = tbody.querySelector(`tr[data-id="${row.id}"]`);
     if (tr) tr.classList.add("flash");
   }
-  const critical = fresh.find((row) => row.severity === "critical");
-  if (critical) announce(critical);
+  if (newlyCritical.length) announce(newlyCritical[0]);
 }
 
 function queue(id) {
