@@ -174,7 +174,8 @@ async def _run_services(common: dict[str, Any], *, dsn: str, leak_every: float, 
             **common, sim_id="demo", leak_interval_s=leak_every, telemetry_period_s=60.0, valve_close_s=1.0
         )
         tg.create_task(run_simulator(simulator), name="demo.simulator")
-        typer.echo(f"GasGuard 演示已启动: API http://127.0.0.1:{port}/health  文档 http://127.0.0.1:{port}/docs")
+        typer.echo(f"GasGuard 演示已启动: 监控平台 http://127.0.0.1:{port}/ui/ (用上面的演示账号登录)")
+        typer.echo(f"API http://127.0.0.1:{port}/health  文档 http://127.0.0.1:{port}/docs")
         typer.echo(f"网关 (NB-IoT 推送 / 隔离区): http://127.0.0.1:{sms_port + 2}/quarantine")
         typer.echo(f"模拟泄漏每 {leak_every:g} 秒一次；按 Ctrl-C 停止。")
         tg.create_task(_report_loop(dsn), name="demo.report_loop")
