@@ -99,6 +99,10 @@ class DownlinkEntry:
     delivered_at: datetime | None
     platform_command_id: str | None
     last_error: str | None
+    #: What the platform last reported about the command (CTWing: SENT, DELIVERED, COMPLETED, FAILED, ...).
+    platform_status: str | None = None
+    platform_status_detail: str | None = None
+    platform_status_at: datetime | None = None
 
 
 async def list_downlinks(
@@ -108,7 +112,8 @@ async def list_downlinks(
     rows = await pool.fetch(
         """
         SELECT cmd_id, device_id, platform, command, queued_at, expires_at, expected_delivery_at, state,
-               delivered_at, platform_command_id, last_error
+               delivered_at, platform_command_id, last_error, platform_status, platform_status_detail,
+               platform_status_at
         FROM downlink_queue
         WHERE ($1::text IS NULL OR device_id = $1) AND ($2::text IS NULL OR state = $2)
         ORDER BY queued_at DESC
@@ -203,6 +208,22 @@ class Downlink:
         )
         _LOGGER.info("command %s handed to %s for %s", cmd_id, device.platform, device.device_id)
         return 1
+
+    async def platform_status(
+        self, platform: str, device_id: str, platform_command_id: str, status: str, detail: str | None
+    ) -> uuid.UUID | None:
+        """Record what the platform reports about one of its commands; returns our ``cmd_id`` (None if unknown)."""
+        cmd_id: uuid.UUID | None = await self._pool.fetchval(
+            "UPDATE downlink_queue SET platform_status = $4, platform_status_detail = $5, platform_status_at = $6"
+            " WHERE platform = $1 AND device_id = $2 AND platform_command_id = $3 RETURNING cmd_id",
+            platform,
+            device_id,
+            platform_command_id,
+            status,
+            detail,
+            self._clock(),
+        )
+        return cmd_id
 
     async def expire(self) -> int:
         """Mark queued commands past their TTL as expired; returns how many."""

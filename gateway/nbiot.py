@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 import logging
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -22,6 +23,8 @@ from gasguard.protocol import (
     AlarmTelemetry,
     Availability,
     Channel,
+    CommandAck,
+    CommandResult,
     Power,
     PowerSource,
     Radio,
@@ -85,6 +88,9 @@ class CtwingPush(BaseModel):
     upPacketSN: int | None = None
     payload: dict[str, Any] | None = None
     eventType: int | None = None
+    #: ``commandResponse``: the platform's command id and ``{"resultCode": ..., "resultDetail": ...}``.
+    taskId: int | str | None = None
+    result: dict[str, Any] | None = None
 
 
 class OnenetMessage(BaseModel):
@@ -158,6 +164,8 @@ class NbIotIngress:
             status = "online" if push.eventType == 1 else "offline"
             self._availability(device, status, device_ts)
             return {"ok": True}
+        if push.messageType == "commandResponse":
+            return await self._ctwing_command_response(device, push, device_ts, body)
         if push.messageType != "dataReport":
             return {"ignored": push.messageType}
         payload = push.payload or {}
@@ -169,6 +177,27 @@ class NbIotIngress:
         seq = push.upPacketSN if push.upPacketSN is not None and push.upPacketSN >= 0 else reading.seq
         await self._uplink(device, reading, device_ts, seq)
         return {"ok": True}
+
+    async def _ctwing_command_response(
+        self, device: DeviceIdentity, push: CtwingPush, ts: datetime, body: bytes
+    ) -> dict[str, Any]:
+        result = push.result or {}
+        status = str(result.get("resultCode") or "").upper()
+        raw_detail = result.get("resultDetail")
+        detail = None if raw_detail in (None, "") else _text(raw_detail)
+        if push.taskId is None or not status:
+            await self._dead_letter("ctwing", device.device_id, "commandResponse without taskId or resultCode", body)
+            raise HTTPException(400, "commandResponse without taskId or resultCode")
+        cmd_id = await self._downlink.platform_status("ctwing", device.device_id, str(push.taskId), status, detail)
+        if cmd_id is None:
+            await self._dead_letter("ctwing", device.device_id, f"commandResponse for unknown task {push.taskId}", body)
+            return {"unknown_task": str(push.taskId)}
+        outcome = ctwing_command_outcome(cmd_id, status, detail, ts)
+        if outcome is not None:
+            channel, message = outcome
+            self._publish(self._topics.device(device.device_id, channel), message, False)
+        _LOGGER.info("CTWing reports command %s for %s: %s", cmd_id, device.device_id, status)
+        return {"ok": True, "cmd_id": str(cmd_id)}
 
     # --- OneNET -----------------------------------------------------------------------------------
 
@@ -316,6 +345,34 @@ class NbIotIngress:
         except (OSError, asyncpg.PostgresError) as err:
             # The reading is already on the bus; queued commands wait for the next uplink (or alerting's resend).
             _LOGGER.error("queued downlinks for %s not handed over (database): %s", device.device_id, err)  # noqa: TRY400
+
+
+#: CTWing ``resultCode`` values that mean the command did not reach or was not carried out by the device.
+CTWING_FAILED = frozenset({"FAILED", "TIMEOUT", "CANCELED", "CANCELLED", "EXPIRED"})
+
+
+def ctwing_command_outcome(
+    cmd_id: uuid.UUID, status: str, detail: str | None, ts: datetime
+) -> tuple[Channel, bytes] | None:
+    """The protocol message a CTWing command status stands for, if any.
+
+    ``DELIVERED`` (the device took the command) is an acknowledgement; ``COMPLETED`` (it carried it out and
+    answered) a successful result without a position, because a valve is closed only when the valve
+    itself reports it; ``FAILED``, ``TIMEOUT`` and the like are a refusal, which alerting escalates.
+    ``SENT`` and unknown statuses are only recorded.
+    """
+    if status == "DELIVERED":
+        return Channel.COMMAND_ACK, encode(CommandAck(cmd_id=cmd_id, ts=ts, accepted=True))
+    if status == "COMPLETED":
+        return Channel.COMMAND_RESULT, encode(CommandResult(cmd_id=cmd_id, ts=ts, ok=True, detail=detail))
+    if status in CTWING_FAILED:
+        reason = f"CTWing 指令状态 {status}" + (f": {detail}" if detail else "")
+        return Channel.COMMAND_ACK, encode(CommandAck(cmd_id=cmd_id, ts=ts, accepted=False, reason=reason))
+    return None
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 def decode_ctwing_payload(codec: str, payload: dict[str, Any]) -> NbReading:

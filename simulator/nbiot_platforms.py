@@ -27,6 +27,8 @@ class ReceivedCommand:
     platform: str
     device: str
     body: dict[str, Any]
+    #: The id the platform answered with (CTWing ``commandId``, OneNET ``uuid``).
+    platform_command_id: str = ""
 
 
 @dataclass
@@ -47,14 +49,16 @@ class PlatformSimulator:
         @app.post("/ctwing/aep_device_command/command")
         async def ctwing_command(request: Request) -> dict[str, Any]:
             body = await request.json()
-            self.commands.append(ReceivedCommand("ctwing", str(body.get("deviceId")), body))
-            return {"code": 0, "msg": "ok", "commandId": uuid.uuid4().hex}
+            command_id = uuid.uuid4().hex
+            self.commands.append(ReceivedCommand("ctwing", str(body.get("deviceId")), body, command_id))
+            return {"code": 0, "msg": "ok", "commandId": command_id}
 
         @app.post("/onenet/nbiot/execute")
         async def onenet_execute(request: Request) -> dict[str, Any]:
             body = await request.json()
-            self.commands.append(ReceivedCommand("onenet", request.query_params.get("imei", ""), body))
-            return {"errno": 0, "error": "succ", "uuid": uuid.uuid4().hex}
+            command_id = uuid.uuid4().hex
+            self.commands.append(ReceivedCommand("onenet", request.query_params.get("imei", ""), body, command_id))
+            return {"errno": 0, "error": "succ", "uuid": command_id}
 
         return app
 
@@ -114,6 +118,31 @@ class PlatformSimulator:
                 "messageType": "dataReport",
                 "deviceId": device_id,
                 "IMEI": imei,
+            },
+        )
+
+    async def ctwing_command_response(
+        self,
+        client: httpx.AsyncClient,
+        *,
+        device_id: str,
+        product_id: str,
+        task_id: str,
+        result_code: str,
+        result_detail: Any = "",
+    ) -> httpx.Response:
+        """A ``commandResponse`` push: what became of a command (SENT, DELIVERED, COMPLETED, FAILED, TIMEOUT)."""
+        return await self.ctwing_push(
+            client,
+            {
+                "timestamp": int(time.time() * 1000),
+                "tenantId": "2000033629",
+                "taskId": task_id,
+                "result": {"resultDetail": result_detail, "resultCode": result_code},
+                "protocol": "lwm2m",
+                "productId": product_id,
+                "messageType": "commandResponse",
+                "deviceId": device_id,
             },
         )
 

@@ -11,7 +11,17 @@ import httpx
 
 from gasguard.clock import utcnow
 from gasguard.mqtt import MqttSession
-from gasguard.protocol import Channel, Command, CommandName, Topics, decode_event, decode_telemetry, encode
+from gasguard.protocol import (
+    Channel,
+    Command,
+    CommandAck,
+    CommandName,
+    CommandResult,
+    Topics,
+    decode_event,
+    decode_telemetry,
+    encode,
+)
 from gasguard.settings import MqttEndpoint
 from gateway.codecs import NbReading, encode_gg_nb1
 from gateway.downlink import list_downlinks
@@ -248,3 +258,74 @@ async def test_onenet_online_offline_becomes_retained_availability(
 
         await wait_for(offline)
     assert bus.on(topics.device(home.alarm_id, Channel.EVENT)) == [], "offline is not an alarm and not normal either"
+
+
+async def test_ctwing_command_response_becomes_ack_or_result_for_our_command(
+    db: asyncpg.Connection,
+    gateway_settings: GatewaySettings,
+    platforms: PlatformSimulator,
+    bus: Bus,
+    topics: Topics,
+    mqtt_endpoint: MqttEndpoint,
+) -> None:
+    """Test CTWing command status pushes: DELIVERED acks, COMPLETED is a result without a position, TIMEOUT refuses."""
+    home = await add_household(db, 1)
+    other = await add_household(db, 2)
+    await make_nb(db, home.valve_id, "ctwing")
+    await make_nb(db, other.valve_id, "ctwing")
+    now = utcnow()
+    done, lost = (
+        Command(cmd_id=uuid.uuid4(), command=CommandName.CLOSE, issued_at=now, expires_at=now + timedelta(hours=1))
+        for _ in range(2)
+    )
+    async with running_gateway(gateway_settings), httpx.AsyncClient() as client:
+        async with MqttSession(mqtt_endpoint, client_id=f"cloud-{uuid.uuid4().hex[:6]}") as cloud:
+            cloud.publish(topics.device(home.valve_id, Channel.COMMAND), encode(done))
+            cloud.publish(topics.device(other.valve_id, Channel.COMMAND), encode(lost))
+
+        async def both_handed_over() -> bool:
+            return {e.state for e in await list_downlinks(db)} == {"delivered"} and len(platforms.commands) == 2
+
+        await wait_for(both_handed_over)
+        task = {c.device: c.platform_command_id for c in platforms.commands}
+        for device_id, code in (
+            (home.valve_id, "DELIVERED"),
+            (home.valve_id, "COMPLETED"),
+            (other.valve_id, "TIMEOUT"),
+        ):
+            r = await platforms.ctwing_command_response(
+                client,
+                device_id=f"pd-{device_id}",
+                product_id="15114816",
+                task_id=task[f"pd-{device_id}"],
+                result_code=code,
+                result_detail={"note": "设备未唤醒"} if code == "TIMEOUT" else "",
+            )
+            assert r.status_code == 200, r.text
+        stray = await platforms.ctwing_command_response(
+            client, device_id=f"pd-{home.valve_id}", product_id="15114816", task_id="no-such-task", result_code="FAILED"
+        )
+        assert stray.json() == {"unknown_task": "no-such-task"}
+        home_ack, home_result = (
+            topics.device(home.valve_id, Channel.COMMAND_ACK),
+            topics.device(home.valve_id, Channel.COMMAND_RESULT),
+        )
+        other_ack = topics.device(other.valve_id, Channel.COMMAND_ACK)
+
+        async def published() -> bool:
+            return bool(bus.on(home_ack) and bus.on(home_result) and bus.on(other_ack))
+
+        await wait_for(published)
+    [ack] = [CommandAck.model_validate_json(p) for p in bus.on(home_ack)]
+    assert (ack.cmd_id, ack.accepted) == (done.cmd_id, True)
+    [result] = [CommandResult.model_validate_json(p) for p in bus.on(home_result)]
+    assert (result.cmd_id, result.ok, result.position) == (done.cmd_id, True, None), (
+        "closed only when the valve says so"
+    )
+    [refused] = [CommandAck.model_validate_json(p) for p in bus.on(other_ack)]
+    assert (refused.cmd_id, refused.accepted) == (lost.cmd_id, False)
+    assert refused.reason == 'CTWing 指令状态 TIMEOUT: {"note":"设备未唤醒"}'
+    status = {e.device_id: (e.platform_status, e.platform_status_detail) for e in await list_downlinks(db)}
+    assert status == {home.valve_id: ("COMPLETED", None), other.valve_id: ("TIMEOUT", '{"note":"设备未唤醒"}')}
+    letter = await db.fetchrow("SELECT reason FROM dead_letter WHERE source = 'gateway'")
+    assert letter is not None and letter["reason"] == "commandResponse for unknown task no-such-task"
