@@ -13,6 +13,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+from cryptography.hazmat.primitives import padding
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -44,6 +46,29 @@ _LOGGER = logging.getLogger(__name__)
 def onenet_signature(token: str, nonce: str, msg: str) -> str:
     """OneNET push signature: base64(MD5(token + nonce + msg))."""
     return base64.b64encode(hashlib.md5((token + nonce + msg).encode()).digest()).decode()
+
+
+class OnenetDecryptError(ValueError):
+    """A security-mode OneNET ``msg`` that does not decrypt to text."""
+
+
+def onenet_decrypt(msg: str, aes_key: str) -> str:
+    """Decrypt a OneNET security-mode (安全模式) push ``msg``.
+
+    OneNET generates a 16-character key per push instance; ``msg`` is base64 of AES-128-CBC over the
+    JSON text with PKCS#7 padding, the key's bytes serving as both key and IV (OneNET's own receiver
+    sample, ``com.onenet.datapush.receiver.Util.decryptMsg``). The signature is computed over ``msg``
+    as sent, so it is checked before decrypting.
+    """
+    key = aes_key.encode()
+    try:
+        data = base64.b64decode(msg, validate=True)
+        decryptor = Cipher(algorithms.AES(key), modes.CBC(key)).decryptor()
+        padded = decryptor.update(data) + decryptor.finalize()
+        unpadder = padding.PKCS7(algorithms.AES.block_size).unpadder()
+        return (unpadder.update(padded) + unpadder.finalize()).decode("utf-8")
+    except ValueError as err:  # binascii.Error, bad length or padding, not UTF-8
+        raise OnenetDecryptError(f"OneNET msg does not decrypt: {err}") from err
 
 
 def onenet_msg_text(msg: Any) -> str:
@@ -121,6 +146,7 @@ class NbIotIngress:
         seq: SeqSource,
         onenet_token: str,
         ctwing_token: str,
+        onenet_aes_key: str | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self._pool = pool
@@ -130,6 +156,7 @@ class NbIotIngress:
         self._downlink = downlink
         self._seq = seq
         self._onenet_token = onenet_token
+        self._onenet_aes_key = onenet_aes_key
         self._ctwing_token = ctwing_token
         self._clock = clock
         self._last: dict[str, NbReading] = {}
@@ -207,10 +234,14 @@ class NbIotIngress:
         return msg
 
     async def onenet(self, body: bytes, source: str) -> dict[str, Any]:
-        """Handle one OneNET push (signed ``msg``, ``nonce``, ``msg_signature``)."""
+        """Handle one OneNET push: ``msg``, ``nonce`` and its signature (``msg_signature``, or ``signature``).
+
+        With an AES key configured (the push instance in security mode) ``msg`` must be the encrypted text.
+        """
         try:
             envelope = json.loads(body)
-            msg, nonce, signature = envelope["msg"], envelope["nonce"], envelope["msg_signature"]
+            msg, nonce = envelope["msg"], envelope["nonce"]
+            signature = envelope["msg_signature"] if "msg_signature" in envelope else envelope["signature"]
         except (ValueError, KeyError, TypeError):
             self._refuse("onenet", source, "unsigned or malformed push")
         candidates = {onenet_msg_text(msg)}
@@ -222,8 +253,21 @@ class NbIotIngress:
             if raw is not None:
                 candidates.add(raw)  # the platform signs the text it sent, whatever its spacing
         self._check_onenet(candidates, str(nonce), str(signature), source)
+        if self._onenet_aes_key is not None:
+            if not isinstance(msg, str):
+                await self._dead_letter("onenet", None, "plaintext msg while security mode is configured", body)
+                raise HTTPException(400, "expected an encrypted msg")
+            try:
+                msg = onenet_decrypt(msg, self._onenet_aes_key)
+            except OnenetDecryptError as err:
+                await self._dead_letter("onenet", None, str(err), body)
+                raise HTTPException(400, "msg does not decrypt") from err
         if isinstance(msg, str):
-            msg = json.loads(msg)
+            try:
+                msg = json.loads(msg)
+            except ValueError as err:
+                await self._dead_letter("onenet", None, f"msg is not JSON: {err}", body)
+                raise HTTPException(400, "msg is not JSON") from err
         entries = msg if isinstance(msg, list) else [msg]
         results = []
         for raw in entries:

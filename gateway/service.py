@@ -85,6 +85,7 @@ class Gateway:
                 seq=self.seq,
                 onenet_token=settings.onenet_token.get_secret_value(),
                 ctwing_token=settings.ctwing_push_token.get_secret_value(),
+                onenet_aes_key=settings.onenet_aes_key.get_secret_value() if settings.onenet_aes_key else None,
             )
             self._start_pollers(tg)
             http_ready = asyncio.Event()

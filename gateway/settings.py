@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 
 from gasguard.settings import CommonSettings
 
@@ -18,6 +18,9 @@ class GatewaySettings(CommonSettings):
     http_port: int = Field(default=8090, ge=0, le=65535)
     #: OneNET push token (signature = base64(MD5(token + nonce + msg))).
     onenet_token: SecretStr = SecretStr("gasguard-onenet-token")
+    #: OneNET security mode (安全模式): the 16-character AES key OneNET generated for the push instance.
+    #: Unset means plaintext mode.
+    onenet_aes_key: SecretStr | None = None
     #: CTWing subscription URLs carry ``?token=``; pushes without it are refused.
     ctwing_push_token: SecretStr = SecretStr("gasguard-ctwing-token")
     #: Platform command APIs that the downlink hands commands to.
@@ -36,3 +39,10 @@ class GatewaySettings(CommonSettings):
     modbus_telemetry_interval_s: float = Field(default=60.0, gt=0)
     #: After a valve write, read back until the output reports closed or this many seconds pass.
     modbus_confirm_timeout_s: float = Field(default=5.0, gt=0)
+
+    @field_validator("onenet_aes_key")
+    @classmethod
+    def _aes_key_is_16_characters(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().encode()) != 16:
+            raise ValueError("onenet_aes_key must be the 16-character key OneNET shows for the push instance")
+        return value

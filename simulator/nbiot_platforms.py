@@ -12,12 +12,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+from cryptography.hazmat.primitives import padding
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from fastapi import FastAPI, Request
 
 
 def sign_onenet(token: str, nonce: str, msg: str) -> str:
     """OneNET's push signature, computed independently of the gateway: base64(MD5(token + nonce + msg))."""
     return base64.b64encode(hashlib.md5((token + nonce + msg).encode()).digest()).decode()
+
+
+def encrypt_onenet(aes_key: str, text: str) -> str:
+    """OneNET security mode: base64 of AES-128-CBC(PKCS#7) over ``text``, key and IV both the 16-byte key."""
+    key = aes_key.encode()
+    padder = padding.PKCS7(algorithms.AES.block_size).padder()
+    padded = padder.update(text.encode()) + padder.finalize()
+    encryptor = Cipher(algorithms.AES(key), modes.CBC(key)).encryptor()
+    return base64.b64encode(encryptor.update(padded) + encryptor.finalize()).decode()
 
 
 @dataclass
@@ -38,6 +49,8 @@ class PlatformSimulator:
     gateway_url: str
     ctwing_token: str
     onenet_token: str
+    #: Set to play a OneNET push instance in security mode (安全模式), with this 16-character key.
+    onenet_aes_key: str | None = None
     #: Where `app` is served (set by whoever serves it); the gateway's ``*_api_url`` point here.
     api_url: str = ""
     commands: list[ReceivedCommand] = field(default_factory=list)
@@ -151,13 +164,17 @@ class PlatformSimulator:
     async def onenet_push(
         self, client: httpx.AsyncClient, msg: dict[str, Any] | list[dict[str, Any]], *, forge: bool = False
     ) -> httpx.Response:
-        """POST a signed OneNET push (``forge`` signs with a wrong token)."""
+        """POST a signed OneNET push (``forge`` signs with a wrong token); encrypted in security mode."""
         nonce = secrets.token_hex(4)
         text = json.dumps(msg, separators=(",", ":"), ensure_ascii=False)
-        signature = sign_onenet("forged-" + self.onenet_token if forge else self.onenet_token, nonce, text)
-        return await client.post(
-            self.gateway_url.rstrip("/") + "/onenet/push", json={"msg": msg, "nonce": nonce, "msg_signature": signature}
-        )
+        token = "forged-" + self.onenet_token if forge else self.onenet_token
+        if self.onenet_aes_key is not None:
+            # Security mode signs the encrypted text, and OneNET Studio names the field ``signature``.
+            sealed = encrypt_onenet(self.onenet_aes_key, text)
+            body: dict[str, Any] = {"msg": sealed, "nonce": nonce, "signature": sign_onenet(token, nonce, sealed)}
+        else:
+            body = {"msg": msg, "nonce": nonce, "msg_signature": sign_onenet(token, nonce, text)}
+        return await client.post(self.gateway_url.rstrip("/") + "/onenet/push", json=body)
 
     async def onenet_datapoint(
         self, client: httpx.AsyncClient, *, imei: str, dev_id: int, ds_id: str, value: Any
