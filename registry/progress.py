@@ -25,7 +25,7 @@ _LOGGER = logging.getLogger(__name__)
 # The rules of `registry.queries` (_UNPROTECTED, _MONITORED; expired = past service life), evaluated set-wise:
 # one pass over devices, links and slips instead of correlated sub-queries per household (40,000 households:
 # about 0.25 s instead of 4 s here). test_progress checks both forms agree.
-_PROGRESS_SQL = f"""
+PROGRESS_SQL = f"""
 WITH kit AS (
     SELECT d.household_id,
            bool_or(d.installed_on IS NOT NULL
@@ -154,7 +154,7 @@ class Progress:
 
 async def progress(conn: Conn, *, today: date) -> Progress:
     """Progress by town and community, against the targets, with overdue work per responsible unit."""
-    rows = await conn.fetch(_PROGRESS_SQL)
+    rows = await conn.fetch(PROGRESS_SQL)
     communities = tuple(
         CommunityProgress(
             town_code=r["town_code"],

@@ -81,13 +81,16 @@ async def read_households(
             count=lambda c: queries.count_households(conn=c, scope=scope, **filters),
         )
     page, next_cursor = _CURSOR.page(rows, limit=limit, key=lambda row: (row["id"],))
-    return HouseholdsPublic(
-        items=[HouseholdPublic.from_record(row, personal=scope.may_see_personal_data) for row in page],
-        total=total.value,
-        total_age_s=total.age_s,
-        limit=limit,
-        has_more=next_cursor is not None,
-        next_cursor=next_cursor,
+    # One validation of the whole page (masking included) rather than a model per row and nested part.
+    return HouseholdsPublic.model_validate(
+        {
+            "items": [HouseholdPublic.record_data(row, personal=scope.may_see_personal_data) for row in page],
+            "total": total.value,
+            "total_age_s": total.age_s,
+            "limit": limit,
+            "has_more": next_cursor is not None,
+            "next_cursor": next_cursor,
+        }
     )
 
 

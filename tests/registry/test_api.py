@@ -514,6 +514,32 @@ async def test_households_paginate_by_cursor(client: httpx.AsyncClient, county: 
     assert seen == county.households
 
 
+async def test_list_totals_come_from_a_cached_count_unless_exact_is_asked(
+    client: httpx.AsyncClient, county: County, db: asyncpg.Connection
+) -> None:
+    """Pages do not count on every request: the total is the cached count, its age stated; exact_total counts now."""
+    first = await get_json(client, "/households?limit=4")
+    assert (first["total"], first["has_more"]) == (11, True)
+    assert first["total_age_s"] == 0.0  # counted for this first page
+    community = await db.fetchval("SELECT community_code FROM household WHERE id = $1", county.households[0])
+    await db.execute(
+        "INSERT INTO household (community_code, building, unit, room, gas_type, supplier) VALUES ($1, '99', '1',"
+        " '1', 'LPG', '荣昌')",
+        community,
+    )
+    cached = await get_json(client, "/households?limit=4")
+    assert cached["total"] == 11  # the count of up to 10 s ago, not recounted for this page
+    assert 0.0 <= cached["total_age_s"] < 30.0
+    exact = await get_json(client, "/households?limit=4&exact_total=true")
+    assert (exact["total"], exact["total_age_s"]) == (12, 0.0)
+    last = await get_json(client, "/households?limit=50")
+    assert (len(last["items"]), last["has_more"], last["next_cursor"]) == (12, False, None)
+    for path in ("/devices", "/incidents"):
+        body = await get_json(client, f"{path}?limit=1")
+        assert body["has_more"] is (body["total"] > 1)
+        assert body["has_more"] is (body["next_cursor"] is not None)
+
+
 async def test_households_default_and_max_limit(client: httpx.AsyncClient, county: County) -> None:
     """The default page is 50 rows and 500 is accepted; 0 and 501 are rejected with 422."""
     body = await get_json(client, "/households")
