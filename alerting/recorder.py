@@ -21,7 +21,7 @@ from pathlib import Path
 
 import asyncpg
 
-from alerting.records import RECORD_ADAPTER, Record, Rejected, apply, apply_batch
+from alerting.records import RECORD_ADAPTER, Record, Rejected, apply, apply_batch, batchable
 from gasguard.clock import utcnow
 from gasguard.db import connect
 
@@ -84,6 +84,8 @@ class Recorder:
         self._journal = Journal(journal_path)
         self._queue: asyncio.Queue[Record] = asyncio.Queue()
         self._backlog: deque[Record] = deque()
+        #: Taken from the queue but not yet applied: a batch ends early to keep a household's records in order.
+        self._carry: list[Record] = []
         self._conn: asyncpg.Connection | None = None
         self._outage = False
         self._batch_max = batch_max
@@ -97,11 +99,6 @@ class Recorder:
         self.idle.clear()
         self._queue.put_nowait(record)
 
-    @property
-    def pending(self) -> int:
-        """Records not yet in the database."""
-        return len(self._backlog) + self._queue.qsize()
-
     async def run_loop(self) -> None:
         """Apply records forever, in order; survive database outages without losing any."""
         self._backlog.extend(self._journal.load())
@@ -109,17 +106,18 @@ class Recorder:
             _LOGGER.info("replaying %d journaled records", len(self._backlog))
         try:
             while True:
-                if not self._backlog and self._queue.empty():
+                if not self._backlog and not self._carry and self._queue.empty():
                     self.idle.set()
                 from_backlog = bool(self._backlog)
                 if from_backlog:
                     batch = list(itertools.islice(self._backlog, self._batch_max))
                 else:
-                    batch = [await self._queue.get()]
+                    batch = self._carry or [await self._queue.get()]
                     while len(batch) < self._batch_max and not self._queue.empty():
                         batch.append(self._queue.get_nowait())
+                    self._carry = []
                 try:
-                    await self._apply(batch)
+                    done = await self._apply(batch)
                 except TRANSIENT_DB_ERRORS as err:
                     if not from_backlog:
                         self._backlog.extend(batch)
@@ -127,31 +125,40 @@ class Recorder:
                     await self._on_outage(err)
                     continue
                 if from_backlog:
-                    for _ in batch:
+                    for _ in range(done):
                         self._backlog.popleft()
                     if not self._backlog:
                         self._journal.clear()
-                self.applied += len(batch)
+                else:
+                    self._carry = batch[done:]
+                self.applied += done
                 self.transactions += 1
         finally:
             if self._conn is not None:
                 with contextlib.suppress(Exception):
                     await self._conn.close()
 
-    async def _apply(self, batch: list[Record]) -> None:
+    @property
+    def pending(self) -> int:
+        """Records not yet in the database."""
+        return len(self._backlog) + len(self._carry) + self._queue.qsize()
+
+    async def _apply(self, batch: list[Record]) -> int:
+        """Apply a leading part of the batch (at least one record) in one transaction; returns how many."""
         if self._conn is None or self._conn.is_closed():
             self._conn = await connect(self._dsn)
         conn = self._conn
         try:
             try:
-                await apply_batch(conn, batch)
+                done = await apply_batch(conn, batch)
             except asyncpg.PostgresError as err:
                 if isinstance(err, TRANSIENT_DB_ERRORS):
                     raise
                 # One record the database refuses (a bug or a deleted household) must neither block the
                 # ones behind it nor take them down with it: apply them one by one, each in its own
                 # transaction, and keep the refused one as a dead letter with the reason.
-                for record in batch:
+                done = batchable(batch)
+                for record in batch[:done]:
                     await self._apply_one(conn, record)
         except TRANSIENT_DB_ERRORS:
             with contextlib.suppress(Exception):
@@ -161,6 +168,7 @@ class Recorder:
         if self._outage:
             _LOGGER.info("database reachable again; %d records waiting", self.pending)
             self._outage = False
+        return done
 
     async def _apply_one(self, conn: asyncpg.Connection, record: Record) -> None:
         try:

@@ -262,7 +262,13 @@ async def test_kill_9_mid_escalation_fires_the_step_after_restart_exactly_once(
     try:
 
         async def leading() -> bool:
-            return bool(await db.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"))
+            # pg_locks is server-wide: other tests' engines hold the same lock key in their own databases.
+            return bool(
+                await db.fetchval(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                    " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+                )
+            )
 
         await wait_for(leading, 30)
         await publish_once(mqtt_endpoint, topics.device(home.alarm_id, Channel.EVENT), alarm())
