@@ -7,17 +7,25 @@ households; community staff their own community (403 elsewhere); installers noth
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import AsyncIterator
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Request, status
+import asyncpg
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Request, status
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from registry import county
-from registry.auth import CurrentUser, Role, User, require_roles, scope_for
+from registry.auth import CurrentUser, Role, Scope, User, require_roles, scope_for
 from registry.deps import (
     DEFAULT_LIMIT,
     BigIntId,
+    Cached,
     ConnDep,
     CursorCodec,
     CursorQuery,
@@ -26,8 +34,24 @@ from registry.deps import (
     RefreshingCache,
     StatisticalCode,
 )
+from registry.queries import Conn
 
-router = APIRouter(prefix="/county", tags=["county 县域健康"])
+_LOGGER = logging.getLogger(__name__)
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Stop the county view's warmer (if a request started one) before the app closes its pool."""
+    try:
+        yield
+    finally:
+        views = getattr(app.state, "county_views", None)
+        if isinstance(views, CountyViews):
+            await views.close()
+            del app.state.county_views
+
+
+router = APIRouter(prefix="/county", tags=["county 县域健康"], lifespan=_lifespan)
 
 Viewer = Annotated[
     User,
@@ -156,6 +180,9 @@ class HouseholdsHealthPublic(BaseModel):
 
     model_config = ConfigDict(frozen=True)
     community_code: str
+    community_name: str
+    town_code: str
+    town_name: str
     building: str
     items: list[HouseholdHealthPublic]
     limit: int
@@ -177,14 +204,71 @@ class MonthInstalledPublic(BaseModel):
 #: CACHE_MAX_AGE_S: the whole county costs ~0.3 s of database work on a quiet machine, seconds on a loaded one.
 CACHE_TTL_S = 15.0
 CACHE_MAX_AGE_S = 30.0
+#: Scopes viewed within this long are kept warm, so a control room that looks again later does not wait.
+WARM_FOR_S = 600.0
 
 
-def _cache(request: Request) -> RefreshingCache[county.CountyHealth]:
-    cache = getattr(request.app.state, "county_cache", None)
-    if not isinstance(cache, RefreshingCache):
-        cache = RefreshingCache[county.CountyHealth](ttl_s=CACHE_TTL_S, max_age_s=CACHE_MAX_AGE_S)
-        request.app.state.county_cache = cache
-    return cache
+class CountyViews:
+    """The county view per scope: cached, and kept warm while someone has looked at it recently.
+
+    The first view of a scope computes it; afterwards a background task refreshes every scope viewed in the
+    last ``WARM_FOR_S`` before its figures reach ``CACHE_MAX_AGE_S``, so later views (after a quiet spell
+    too) are served from memory. Nobody looking costs nothing: the warmer starts with the first view.
+    """
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.cache = RefreshingCache[county.CountyHealth](ttl_s=CACHE_TTL_S, max_age_s=CACHE_MAX_AGE_S)
+        self._pool = pool
+        self._viewed: dict[Scope, float] = {}
+        self._warmer: asyncio.Task[None] | None = None
+
+    async def _compute(self, key: Scope) -> county.CountyHealth:
+        async with self._pool.acquire() as conn:
+            return await county.county_health(conn, scope=key)
+
+    async def get(self, conn: Conn, *, scope: Scope) -> Cached[county.CountyHealth]:
+        """The view of ``scope`` (at most ``CACHE_MAX_AGE_S`` old); ``conn`` computes a cold one."""
+        # Only which households a scope sees matters here, not what personal data it may read.
+        key = Scope(
+            all_households=scope.all_households,
+            community_code=scope.community_code,
+            supplier=scope.supplier,
+            installer_id=scope.installer_id,
+        )
+        self._viewed[key] = time.monotonic()
+        if self._warmer is None:
+            self._warmer = asyncio.create_task(self._keep_warm(), name="registry.county_warmer")
+        return await self.cache.get(
+            key, here=lambda: county.county_health(conn, scope=key), background=lambda: self._compute(key)
+        )
+
+    async def _keep_warm(self) -> None:
+        while True:
+            await asyncio.sleep(CACHE_TTL_S / 3)
+            for key, viewed_at in list(self._viewed.items()):
+                if time.monotonic() - viewed_at > WARM_FOR_S:
+                    del self._viewed[key]
+                    continue
+                try:
+                    compute = functools.partial(self._compute, key)
+                    await self.cache.get(key, here=compute, background=compute)
+                except Exception:  # a database outage must not end the warmer; the next round retries
+                    _LOGGER.warning("county view refresh failed", exc_info=True)
+
+    async def close(self) -> None:
+        """Stop the warmer."""
+        if self._warmer is not None:
+            self._warmer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._warmer
+
+
+def _views(request: Request, pool: asyncpg.Pool) -> CountyViews:
+    views = getattr(request.app.state, "county_views", None)
+    if not isinstance(views, CountyViews):
+        views = CountyViews(pool)
+        request.app.state.county_views = views
+    return views
 
 
 def _check_community(user: User, community_code: str) -> None:
@@ -192,22 +276,27 @@ def _check_community(user: User, community_code: str) -> None:
         raise HTTPException(status.HTTP_403_FORBIDDEN, detail=f"community {community_code} is outside your scope")
 
 
+async def _community_place(conn: Conn, community_code: str) -> asyncpg.Record:
+    """The community's name and town; 404 if there is no such community."""
+    place = await conn.fetchrow(
+        "SELECT c.name, t.code AS town_code, t.name AS town_name FROM community c"
+        " JOIN town t ON t.code = c.town_code WHERE c.code = $1",
+        community_code,
+    )
+    if place is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"community {community_code} not found")
+    return place
+
+
 @router.get("/health", responses=_RESPONSES)
 async def read_county_health(request: Request, conn: ConnDep, pool: PoolDep, user: Viewer) -> CountyHealthPublic:
     """Per town and community: households, monitored, offline/unknown, unprotected, valve faults, alarms per day.
 
     Figures are recomputed per scope in the background every 15 seconds and are never more than 30 seconds
-    old; ``as_of`` and ``age_s`` say when they were computed.
+    old; ``as_of`` and ``age_s`` say when they were computed. Scopes viewed in the last 10 minutes are kept
+    warm, so only the first view of a scope after a start (or a quiet spell) waits for the aggregation.
     """
-    scope = scope_for(user)
-
-    async def on_own_connection() -> county.CountyHealth:
-        async with pool.acquire() as own:
-            return await county.county_health(own, scope=scope)
-
-    cached = await _cache(request).get(
-        scope, here=lambda: county.county_health(conn, scope=scope), background=on_own_connection
-    )
+    cached = await _views(request, pool).get(conn, scope=scope_for(user))
     health = cached.value
     return CountyHealthPublic(
         as_of=health.as_of,
@@ -235,13 +324,7 @@ async def read_community(
     after = _BUILDING_CURSOR.decode(cursor)
     scope = scope_for(user)
     async with conn.transaction(isolation="repeatable_read", readonly=True):
-        place = await conn.fetchrow(
-            "SELECT c.name, t.code AS town_code, t.name AS town_name FROM community c"
-            " JOIN town t ON t.code = c.town_code WHERE c.code = $1",
-            community_code,
-        )
-        if place is None:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"community {community_code} not found")
+        place = await _community_place(conn, community_code)
         counts = await county.community_health(conn, scope=scope, community_code=community_code)
         rows = await county.list_buildings(
             conn, scope=scope, community_code=community_code, limit=limit + 1, after=after
@@ -273,6 +356,7 @@ async def read_building_households(
     _check_community(user, community_code)
     after = _HOUSEHOLD_CURSOR.decode(cursor)
     async with conn.transaction(isolation="repeatable_read", readonly=True):
+        place = await _community_place(conn, community_code)
         if not await county.building_exists(conn, community_code=community_code, building=building):
             raise HTTPException(
                 status.HTTP_404_NOT_FOUND, detail=f"no household in building {building!r} of community {community_code}"
@@ -288,6 +372,9 @@ async def read_building_households(
     page, next_cursor = _HOUSEHOLD_CURSOR.page(rows, limit=limit, key=lambda row: (row.id,))
     return HouseholdsHealthPublic(
         community_code=community_code,
+        community_name=place["name"],
+        town_code=place["town_code"],
+        town_name=place["town_name"],
         building=building,
         items=[HouseholdHealthPublic(**vars(h)) for h in page],
         limit=limit,

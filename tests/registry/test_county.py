@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -291,6 +292,7 @@ async def test_api_figures_and_no_personal_data(api: Api) -> None:
     assert [b["building"] for b in detail.json()["buildings"]] == ["1号楼", "2号楼"]
     assert _counts(detail.json()) == WENYUAN
     assert len(households.json()["items"]) == 7
+    assert (households.json()["community_name"], households.json()["town_name"]) == ("文苑社区", "嘎鲁图镇")
 
 
 async def test_roles_are_scoped(api: Api) -> None:
@@ -370,3 +372,22 @@ async def test_installations_by_month(api: Api, db: asyncpg.Connection) -> None:
         ("2024-08-01", "NG", 1, 3),
     ]
     assert (await api.get(None, "/county/installations")).status_code == 401
+
+
+async def test_figures_refresh_by_themselves_and_state_their_age(api: Api, db: asyncpg.Connection) -> None:
+    """An alarm heard from again shows as monitored once the cache refreshes (≤ 30 s); the age is stated."""
+    first = (await api.get("em", "/county/health")).json()
+    assert 0 <= first["age_s"] <= first["max_age_s"] == 30
+    await db.execute(
+        "INSERT INTO device_state (device_id, status, last_seen_at, since) VALUES ($1, 'normal', now(), now())",
+        f"alarm-{api.built.ids['never']}",
+    )
+    deadline = asyncio.get_running_loop().time() + 90
+    while True:
+        body = (await api.get("em", "/county/health")).json()
+        assert body["age_s"] <= body["max_age_s"]
+        if body["totals"]["counts"]["monitored"] == first["totals"]["counts"]["monitored"] + 1:
+            break
+        assert asyncio.get_running_loop().time() < deadline, "the county view never picked up the change"
+        await asyncio.sleep(1)
+    assert body["totals"]["counts"]["offline"] == first["totals"]["counts"]["offline"] - 1

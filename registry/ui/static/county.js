@@ -171,10 +171,10 @@ function deviceBadge(status, lastSeen) {
 
 async function showBuilding(code, building) {
   const path = `/county/communities/${code}/buildings/${encodeURIComponent(building)}/households`;
-  const [community, first] = await Promise.all([api(`/county/communities/${code}`, { query: { limit: 1 } }), api(path, { query: { limit: 100 } })]);
-  $("title").textContent = `${community.name} ${building}`;
-  crumbs([["乌审旗", "/ui/county"], [community.town_name, `/ui/county?town=${community.town_code}`],
-    [community.name, `/ui/county?community=${code}`], [building, null]]);
+  const first = await api(path, { query: { limit: 100 } });
+  $("title").textContent = `${first.community_name} ${building}`;
+  crumbs([["乌审旗", "/ui/county"], [first.town_name, `/ui/county?town=${first.town_code}`],
+    [first.community_name, `/ui/county?community=${code}`], [building, null]]);
   $("stats").replaceChildren();
   $("legend").replaceChildren(el("span", {}, "只显示地址与设备状态；住户姓名、电话不在此页显示"));
   const body = el("tbody", {});
