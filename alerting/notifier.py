@@ -17,10 +17,11 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import asyncpg
 import httpx
+from asyncpg.pool import PoolConnectionProxy
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -51,12 +52,15 @@ from alerting.templates import (
     county_time,
 )
 from gasguard.clock import utcnow
-from gasguard.db import connect
+from gasguard.db import connect, open_pool
 
 if TYPE_CHECKING:
     from alerting.settings import AlertingSettings
 
 _LOGGER = logging.getLogger(__name__)
+
+#: The sender runs on its own connection, or on one from its pool when sending concurrently.
+DbConn: TypeAlias = asyncpg.Connection | PoolConnectionProxy
 
 LEASE_S = 30
 _PLACEHOLDER = re.compile(r"\$\{(\w+)\}")
@@ -253,7 +257,7 @@ def short_place(place: str, limit: int = 22) -> str:
     return place if len(place) <= limit else place[len(place) - limit :]
 
 
-async def enqueue_fallback(conn: asyncpg.Connection, outbox_id: int, reason: str, policy: FallbackPolicy) -> int:
+async def enqueue_fallback(conn: DbConn, outbox_id: int, reason: str, policy: FallbackPolicy) -> int:
     """Add the fallback jobs of one blocked outbox job (in the caller's transaction); returns how many."""
     row = await conn.fetchrow(
         "SELECT id, incident_id, channel, recipient, recipient_role, template, params, step_key"
@@ -304,7 +308,7 @@ async def enqueue_fallback(conn: asyncpg.Connection, outbox_id: int, reason: str
 
 
 async def apply_receipt(
-    conn: asyncpg.Connection, receipt: Receipt, *, source: Literal["push", "poll"], policy: FallbackPolicy
+    conn: DbConn, receipt: Receipt, *, source: Literal["push", "poll"], policy: FallbackPolicy
 ) -> str:
     """Record one delivery receipt and settle its job; idempotent.
 
@@ -346,7 +350,7 @@ async def apply_receipt(
 
 
 async def _settle(
-    conn: asyncpg.Connection,
+    conn: DbConn,
     outbox_id: int,
     delivered: bool,
     code: str,
@@ -389,6 +393,7 @@ class Notifier:
         reconcile_interval_s: float = 60.0,
         reconcile_give_up_s: float = 2 * 86400.0,
         batch_size: int = 50,
+        concurrency: int = 8,
     ) -> None:
         self._dsn = dsn
         self._providers = dict(providers)
@@ -402,6 +407,7 @@ class Notifier:
         self._reconcile_interval_s = reconcile_interval_s
         self._reconcile_give_up_s = reconcile_give_up_s
         self._batch_size = batch_size
+        self._concurrency = concurrency
         self._wake = asyncio.Event()
         self.sent = 0
 
@@ -422,16 +428,8 @@ class Notifier:
                 if failing:
                     _LOGGER.info("outbox reachable again")
                     failing = False
-                while True:
-                    self._wake.clear()
-                    if await self.send_due(conn) == self._batch_size:
-                        continue
-                    wait_s = await conn.fetchval(
-                        "SELECT greatest(0, extract(epoch FROM min(next_attempt_at) - now()))::float8"
-                        " FROM notification_outbox WHERE status = 'pending'"
-                    )
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), min(wait_s if wait_s is not None else 5.0, 5.0))
+                async with open_pool(self._dsn, min_size=1, max_size=self._concurrency) as pool:
+                    await self._send_forever(conn, pool)
             except TRANSIENT_DB_ERRORS as err:
                 if not failing:
                     _LOGGER.warning("outbox unreachable (%s); retrying", err)
@@ -441,6 +439,18 @@ class Notifier:
                 if conn is not None:
                     with contextlib.suppress(Exception):
                         await conn.close()
+
+    async def _send_forever(self, conn: DbConn, pool: asyncpg.Pool) -> None:
+        while True:
+            self._wake.clear()
+            if await self.send_due(conn, pool) == self._batch_size:
+                continue
+            wait_s = await conn.fetchval(
+                "SELECT greatest(0, extract(epoch FROM min(next_attempt_at) - now()))::float8"
+                " FROM notification_outbox WHERE status = 'pending'"
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), min(wait_s if wait_s is not None else 5.0, 5.0))
 
     async def _reconcile_loop(self) -> None:
         while True:
@@ -461,14 +471,35 @@ class Notifier:
     def _on_notify(self, conn: object, pid: int, channel: str, payload: object) -> None:
         self._wake.set()
 
-    async def send_due(self, conn: asyncpg.Connection) -> int:
-        """Claim and send one batch of due jobs; returns how many were claimed."""
+    async def send_due(self, conn: DbConn, pool: asyncpg.Pool | None = None) -> int:
+        """Claim and send one batch of due jobs; returns how many were claimed.
+
+        With a pool, jobs to different numbers go out concurrently, each number's on its own connection:
+        in a storm the sender waits mostly on round trips, to PostgreSQL and to the provider. Jobs to one
+        number still go one after the other, so its daily limit is counted exactly.
+        """
         jobs = await self._claim(conn)
+        if pool is None:
+            for job in jobs:
+                await self._send_to_completion(conn, job)
+            return len(jobs)
+        by_recipient: dict[str, list[Job]] = {}
         for job in jobs:
-            await self._send_to_completion(conn, job)
+            by_recipient.setdefault(job.recipient, []).append(job)
+
+        async def send_in_order(queue: list[Job]) -> None:
+            async with pool.acquire() as own:
+                for job in queue:
+                    await self._send_to_completion(own, job)
+
+        # Every number's jobs finish (or fail) before the first failure is raised: none is left half-sent.
+        outcomes = await asyncio.gather(*(send_in_order(q) for q in by_recipient.values()), return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
         return len(jobs)
 
-    async def reconcile_once(self, conn: asyncpg.Connection) -> int:
+    async def reconcile_once(self, conn: DbConn) -> int:
         """Poll receipts of messages sent without one for a while; returns how many were settled."""
         rows = await conn.fetch(
             _RECONCILE_SQL,
@@ -493,7 +524,7 @@ class Notifier:
             settled += outcome in {"delivered", "undeliverable"}
         return settled
 
-    async def _claim(self, conn: asyncpg.Connection) -> list[Job]:
+    async def _claim(self, conn: DbConn) -> list[Job]:
         rows = await conn.fetch(_CLAIM_SQL, self._batch_size)
         return [
             Job(
@@ -515,7 +546,7 @@ class Notifier:
             return self._role_limits[recipient_role]
         return self._limits.get(provider)
 
-    async def _send_to_completion(self, conn: asyncpg.Connection, job: Job) -> None:
+    async def _send_to_completion(self, conn: DbConn, job: Job) -> None:
         """Send one job; a shutdown waits for it, so a sent message is never left marked unsent (and resent)."""
         sending = asyncio.ensure_future(self._send(conn, job))
         try:
@@ -550,7 +581,7 @@ class Notifier:
             text=text,
         )
 
-    async def _send(self, conn: asyncpg.Connection, job: Job) -> None:
+    async def _send(self, conn: DbConn, job: Job) -> None:
         out_id = f"gg-{job.id}-{job.attempts}"
         provider = self._providers.get(job.channel)
         try:
@@ -607,7 +638,7 @@ class Notifier:
         await self._sent(conn, job, provider, out_id, sent)
 
     async def _attempt_done(
-        self, conn: asyncpg.Connection, out_id: str, outcome: str, msg_id: str | None, error: str | None
+        self, conn: DbConn, out_id: str, outcome: str, msg_id: str | None, error: str | None
     ) -> None:
         await conn.execute(
             "UPDATE notification_attempt SET finished_at = now(), outcome = $2, provider_msg_id = $3, error = $4"
@@ -618,9 +649,7 @@ class Notifier:
             error[:500] if error else None,
         )
 
-    async def _blocked(
-        self, conn: asyncpg.Connection, job: Job, out_id: str, provider: Provider | None, err: Limited
-    ) -> None:
+    async def _blocked(self, conn: DbConn, job: Job, out_id: str, provider: Provider | None, err: Limited) -> None:
         async with conn.transaction():
             if provider is not None:
                 await conn.execute(
@@ -638,14 +667,14 @@ class Notifier:
                 )
             await self._finish(conn, job, "blocked", str(err), fallback=REASON_LIMITED)
 
-    async def _finish(self, conn: asyncpg.Connection, job: Job, status: str, error: str, *, fallback: str) -> None:
+    async def _finish(self, conn: DbConn, job: Job, status: str, error: str, *, fallback: str) -> None:
         async with conn.transaction():
             await conn.execute(
                 "UPDATE notification_outbox SET status = $2, last_error = $3 WHERE id = $1", job.id, status, error[:500]
             )
             await enqueue_fallback(conn, job.id, fallback, self.policy)
 
-    async def _sent(self, conn: asyncpg.Connection, job: Job, provider: Provider, out_id: str, sent: Sent) -> None:
+    async def _sent(self, conn: DbConn, job: Job, provider: Provider, out_id: str, sent: Sent) -> None:
         async with conn.transaction():
             await self._attempt_done(conn, out_id, "sent", sent.provider_msg_id, None)
             await conn.execute(

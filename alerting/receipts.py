@@ -134,7 +134,7 @@ def app(dsn: str, policy: FallbackPolicy, *, token: str | None = None) -> FastAP
 
 async def _apply_all(pool: asyncpg.Pool, receipts: Sequence[Receipt], policy: FallbackPolicy) -> list[str]:
     async with pool.acquire() as conn:
-        return [await apply_receipt(conn, r, source="push", policy=policy) for r in receipts]  # type: ignore[arg-type]
+        return [await apply_receipt(conn, r, source="push", policy=policy) for r in receipts]
 
 
 async def _dead_letter(pool: asyncpg.Pool, provider: str, reason: str, body: bytes) -> None:

@@ -30,7 +30,7 @@ from alerting.providers.tencent import TencentSmsProvider
 from alerting.providers.voice import AliyunVoiceProvider
 from alerting.providers.webhook import WebhookProvider
 from alerting.settings import AlertingSettings
-from gasguard.db import connect
+from gasguard.db import connect, open_pool
 from gasguard.web import serve_asgi
 from tests.alerting.test_providers import (
     KEY_ID,
@@ -290,6 +290,20 @@ async def test_storm_limits_residents_but_not_the_duty_operators_by_default(
         await sender.send_due(db)
     assert (await outbox(db, fifth))["status"] == "sent"
     assert (await outbox(db, sixth))["status"] == "blocked"
+
+
+async def test_concurrent_sending_keeps_each_numbers_limit_exact(
+    db: asyncpg.Connection, database_url: str, full_sandbox: FullSandbox
+) -> None:
+    same = [await resident_job(db, n, phone="13800004444") for n in range(1, 4)]
+    others = [await resident_job(db, n) for n in range(4, 12)]
+    async with httpx.AsyncClient() as http, open_pool(database_url, max_size=4) as pool:
+        sender = notifier(database_url, full_sandbox, http, voice=False, limits={"aliyun": 2})
+        assert await sender.send_due(db, pool) == 11
+    statuses = [(await outbox(db, job))["status"] for job, _ in same]
+    assert sorted(statuses) == ["blocked", "sent", "sent"]
+    assert [(await outbox(db, job))["status"] for job, _ in others] == ["sent"] * 8
+    assert len(full_sandbox.platform.received) == 10
 
 
 def test_role_limits_are_configurable(monkeypatch: pytest.MonkeyPatch) -> None:
