@@ -98,6 +98,7 @@ async def test_housing_bureau_sees_charts_and_matching_figures(
     assert statement["payable_fen"] > 0
     payable = await page.locator("#payable").inner_text()
     assert _digits(payable) == statement["payable_fen"]
+    await expect(page.locator("#settled")).to_contain_text("未结算")  # nothing frozen yet
 
     # Spot checks: one sampled slip found not matching, shown with its adjusted payable share.
     await expect(page.locator("#findings tbody tr")).to_have_count(1)

@@ -111,7 +111,10 @@ async function renderSettlement(user, report, months) {
     select.onchange = () => renderSettlement(user, report, months).catch(showError);
   }
   const statement = await api(`/settlement/${select.value}`);
-  box.replaceChildren(head,
+  const status = statement.frozen
+    ? el("span", { class: "badge st-ok", id: "settled" }, `已结算（${fmtTime(statement.frozen_at)} 冻结${statement.differences?.length ? `，其后有${statement.differences.length}处变动` : ""}）`)
+    : el("span", { class: "badge st-warn", id: "settled" }, "未结算（金额随核验和抽查变化）");
+  box.replaceChildren(head, el("p", {}, "结算状态：", status),
     el("p", {}, `${select.selectedOptions[0].textContent}应付政府补贴（已核验、扣除抽查调整）：`, el("strong", { id: "payable" }, `${yuan(statement.payable_fen)} 元`)),
     el("table", { id: "statement" },
       el("thead", {}, el("tr", {}, el("th", {}, "供气企业"), el("th", {}, "燃气"), el("th", { class: "num" }, "应付（元）"))),
