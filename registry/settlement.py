@@ -4,6 +4,11 @@ Only verified slips (all five signatures, verified by the housing bureau) of the
 count; each slip contributes its government share as adjusted by its latest spot-check finding.
 Totals are given per supplier and gas type (NG and LPG are separate budget lines) and per town and
 community. All amounts are integer fen; the XLSX shows yuan with two decimals computed exactly.
+
+A settled quarter is frozen (`freeze_statement`): its statement is stored line by line in append-only
+tables, and from then on that stored statement is the quarter's statement. Later edits (a spot-check
+finding, a slip verified late) cannot change it silently: the quarter is recomputed on every read and
+the lines that would now differ are listed next to the stored ones (`differences`).
 """
 
 from __future__ import annotations
@@ -11,8 +16,9 @@ from __future__ import annotations
 import io
 import logging
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 
+import asyncpg
 from openpyxl import Workbook
 from openpyxl.styles import Font
 
@@ -117,17 +123,140 @@ async def quarterly_statement(conn: Conn, *, year: int, quarter: int) -> Stateme
     return Statement(year=year, quarter=quarter, lines=lines)
 
 
+class SettlementError(Exception):
+    """A quarter cannot be frozen (already frozen, or not over yet)."""
+
+
+@dataclass(frozen=True)
+class FrozenStatement:
+    """A quarter's statement as stored when it was settled."""
+
+    statement: Statement
+    frozen_at: datetime
+    frozen_by: str
+
+
+@dataclass(frozen=True)
+class LineDifference:
+    """How one (supplier, gas type, community) line recomputed now differs from the stored statement.
+
+    ``frozen`` or ``current`` is None when the line exists on one side only.
+    """
+
+    supplier: str
+    gas_type: str
+    community_code: str
+    frozen: StatementLine | None
+    current: StatementLine | None
+
+
+_LINE_COLUMNS = (
+    "supplier, gas_type, town_code, town_name, community_code, community_name, slips, government_fen,"
+    " adjustment_fen, payable_fen"
+)
+
+
+async def frozen_statement(conn: Conn, *, year: int, quarter: int) -> FrozenStatement | None:
+    """The stored statement of a settled quarter, or None if the quarter has not been frozen."""
+    head = await conn.fetchrow(
+        "SELECT id, recorded_at, recorded_by FROM settlement_statement WHERE year = $1 AND quarter = $2", year, quarter
+    )
+    if head is None:
+        return None
+    rows = await conn.fetch(
+        f"SELECT {_LINE_COLUMNS} FROM settlement_statement_line WHERE statement_id = $1 ORDER BY line_no", head["id"]
+    )
+    lines = tuple(StatementLine(**dict(row)) for row in rows)
+    return FrozenStatement(
+        statement=Statement(year=year, quarter=quarter, lines=lines),
+        frozen_at=head["recorded_at"],
+        frozen_by=head["recorded_by"],
+    )
+
+
+async def freeze_statement(conn: Conn, *, year: int, quarter: int, actor: str, today: date) -> FrozenStatement:
+    """Compute the quarter's statement and store it for good; call inside a transaction.
+
+    Raises:
+        SettlementError: The quarter is not over yet on ``today``, or it was frozen already.
+    """
+    _, end = quarter_months(year, quarter)
+    if today < end:
+        raise SettlementError(f"{year}年第{quarter}季度尚未结束，不能结算冻结")
+    statement = await quarterly_statement(conn, year=year, quarter=quarter)
+    try:
+        statement_id = await conn.fetchval(
+            """
+            INSERT INTO settlement_statement (year, quarter, payable_fen, slips, recorded_by)
+            VALUES ($1, $2, $3, $4, $5) RETURNING id
+            """,
+            year,
+            quarter,
+            statement.payable_fen,
+            sum(line.slips for line in statement.lines),
+            actor,
+        )
+    except asyncpg.UniqueViolationError as err:
+        raise SettlementError(f"{year}年第{quarter}季度已结算冻结") from err
+    await conn.executemany(
+        f"""
+        INSERT INTO settlement_statement_line (statement_id, line_no, {_LINE_COLUMNS})
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+        """,
+        [
+            (
+                statement_id,
+                line_no,
+                line.supplier,
+                line.gas_type,
+                line.town_code,
+                line.town_name,
+                line.community_code,
+                line.community_name,
+                line.slips,
+                line.government_fen,
+                line.adjustment_fen,
+                line.payable_fen,
+            )
+            for line_no, line in enumerate(statement.lines, start=1)
+        ],
+    )
+    frozen = await frozen_statement(conn, year=year, quarter=quarter)
+    assert frozen is not None  # stored just above, in this transaction
+    _LOGGER.info("settlement %d Q%d frozen by %s: %d fen", year, quarter, actor, statement.payable_fen)
+    return frozen
+
+
+def differences(frozen: Statement, current: Statement) -> list[LineDifference]:
+    """Lines whose slips or amounts differ between the stored statement and a recomputation."""
+
+    def key(line: StatementLine) -> tuple[str, str, str]:
+        return (line.supplier, line.gas_type, line.community_code)
+
+    def figures(line: StatementLine | None) -> tuple[int, int, int] | None:
+        return None if line is None else (line.slips, line.government_fen, line.payable_fen)
+
+    stored = {key(line): line for line in frozen.lines}
+    now = {key(line): line for line in current.lines}
+    return [
+        LineDifference(supplier=k[0], gas_type=k[1], community_code=k[2], frozen=stored.get(k), current=now.get(k))
+        for k in sorted(stored.keys() | now.keys())
+        if figures(stored.get(k)) != figures(now.get(k))
+    ]
+
+
 _GAS_LABEL = {"NG": "天然气", "LPG": "液化石油气"}
 
 
-async def statement_xlsx(conn: Conn, statement: Statement) -> bytes:
+async def statement_xlsx(conn: Conn, statement: Statement, *, frozen_at: datetime | None = None) -> bytes:
     """The statement as an XLSX: per supplier, per town and community, and the spot-check adjustments."""
     workbook = Workbook()
     bold = Font(bold=True)
     summary = workbook.active
     assert summary is not None
     summary.title = "按供气单位"
-    summary.append([f"乌审旗燃气技防设施政府出资部分结算表 {statement.year}年第{statement.quarter}季度"])
+    status = "未结算（按当前数据计算）" if frozen_at is None else f"已结算冻结（{frozen_at:%Y-%m-%d %H:%M} UTC）"
+    summary.append([f"乌审旗燃气技防设施政府出资部分结算表 {statement.year}年第{statement.quarter}季度", status])
     summary.append(
         ["供气单位", "燃气类型", "确认单数", "政府出资（元）", "抽查调整（元）", "应付金额（元）", "应付金额（分）"]
     )

@@ -373,10 +373,10 @@ def render_html(slip: Slip, *, verify_url: str) -> str:
     return _ENV.get_template("slip.html").render(**_sheet(slip, verify_url), qr_svg=qr_svg)
 
 
-#: CJK fonts embedded (subset) into the slip PDF when installed; Debian packages fonts-wqy-zenhei / fonts-noto-cjk.
+#: CJK fonts embedded (subset) into the slip PDF when installed; Debian packages fonts-wqy-zenhei /
+#: fonts-wqy-microhei. (fonts-noto-cjk is no use: its outlines are PostScript/CFF, which ReportLab cannot embed.)
 CJK_FONT_FILES: tuple[str, ...] = (
     "/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc",
-    "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
     "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc",
 )
 _EMBEDDED_FONT = "GasGuardCJK"
@@ -392,14 +392,18 @@ def _pdf_font() -> str:
     """
     from reportlab.pdfbase import pdfmetrics
     from reportlab.pdfbase.cidfonts import UnicodeCIDFont
-    from reportlab.pdfbase.ttfonts import TTFont
+    from reportlab.pdfbase.ttfonts import TTFError, TTFont
 
     registered = pdfmetrics.getRegisteredFontNames()
     if _EMBEDDED_FONT in registered:
         return _EMBEDDED_FONT
     for path in CJK_FONT_FILES:
         if os.path.exists(path):
-            pdfmetrics.registerFont(TTFont(_EMBEDDED_FONT, path, subfontIndex=0))
+            try:
+                pdfmetrics.registerFont(TTFont(_EMBEDDED_FONT, path, subfontIndex=0))
+            except TTFError as err:  # a file ReportLab cannot embed: try the next one
+                _LOGGER.warning("CJK font %s not usable for slip PDFs: %s", path, err)
+                continue
             return _EMBEDDED_FONT
     if _CID_FONT not in registered:
         _LOGGER.warning(

@@ -10,7 +10,15 @@ import pytest
 from openpyxl import load_workbook
 
 from registry.finance import price_in_force, split_price
-from registry.settlement import quarter_months, quarterly_statement, statement_xlsx
+from registry.settlement import (
+    SettlementError,
+    differences,
+    freeze_statement,
+    frozen_statement,
+    quarter_months,
+    quarterly_statement,
+    statement_xlsx,
+)
 from registry.slips import SignatureRole, verify_month
 from registry.spotcheck import Finding, draw, record_finding
 from tests.registry.test_rosters import COMMUNITY, RURAL_COMMUNITY, add_places, import_rows, roster_rows
@@ -104,3 +112,45 @@ async def test_programme_scale_settlement_is_exact_in_fen(db: asyncpg.Connection
         "SELECT sum(total_fen) AS total, sum(company_fen + government_fen + resident_fen) AS parts FROM slip_charge"
     )
     assert totals["total"] == totals["parts"] == 36000 * 47000 + 4000 * 22300
+
+
+async def test_frozen_quarter_keeps_its_statement_and_shows_later_differences(db: asyncpg.Connection) -> None:
+    """A settled quarter is stored as paid: a later finding changes the recomputation, never the statement."""
+    await add_places(db)
+    slips = [
+        await signed_slip(db, await add_household(db, room=f"{i}"), installed_on=date(2024, 5, 6)) for i in range(3)
+    ]
+    await verify_month(db, month=date(2024, 5, 1), actor="user:bureau")
+    with pytest.raises(SettlementError, match="尚未结束"):
+        await freeze_statement(db, year=2024, quarter=2, actor="user:bureau", today=date(2024, 6, 30))
+    assert await frozen_statement(db, year=2024, quarter=2) is None
+    async with db.transaction():
+        frozen = await freeze_statement(db, year=2024, quarter=2, actor="user:bureau", today=date(2024, 7, 1))
+    assert frozen.statement.payable_fen == 3 * 14100 and frozen.frozen_by == "user:bureau"
+    assert frozen.statement == await quarterly_statement(db, year=2024, quarter=2)
+    with pytest.raises(SettlementError, match="已结算冻结"):
+        await freeze_statement(db, year=2024, quarter=2, actor="user:bureau", today=date(2024, 7, 2))
+
+    sample = await draw(db, month=date(2024, 5, 1), community_code=COMMUNITY, actor="user:bureau", seed="frozen")
+    await record_finding(db, slip_id=sample.sample[0], finding=Finding.MISSING, actor="user:bureau")
+    stored = await frozen_statement(db, year=2024, quarter=2)
+    assert stored is not None and stored.statement == frozen.statement  # unchanged by the later finding
+    current = await quarterly_statement(db, year=2024, quarter=2)
+    assert current.payable_fen == 2 * 14100
+    [changed] = differences(stored.statement, current)
+    assert changed.frozen is not None and changed.current is not None
+    assert (changed.frozen.payable_fen, changed.current.payable_fen) == (3 * 14100, 2 * 14100)
+    assert (changed.supplier, changed.gas_type, changed.community_code) == ("乌审中燃", "NG", COMMUNITY)
+    assert sample.sample[0] in slips
+
+    # The stored statement is append-only in the database too.
+    for sql in (
+        "UPDATE settlement_statement_line SET payable_fen = 0, government_fen = 0",
+        "DELETE FROM settlement_statement_line",
+        "UPDATE settlement_statement SET payable_fen = 0",
+        "DELETE FROM settlement_statement",
+    ):
+        with pytest.raises(asyncpg.RaiseError, match="append-only"):
+            await db.execute(sql)
+    workbook = load_workbook(io.BytesIO(await statement_xlsx(db, stored.statement, frozen_at=stored.frozen_at)))
+    assert str(workbook["按供气单位"]["B1"].value).startswith("已结算冻结")

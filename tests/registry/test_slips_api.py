@@ -200,10 +200,31 @@ async def test_month_verification_settlement_and_spot_check_over_http(api: Api) 
     xlsx = await api.call("bureau", "GET", "/settlement/2024/q2/statement.xlsx")
     assert xlsx.status_code == 200 and load_workbook(io.BytesIO(xlsx.content)).sheetnames[0] == "按供气单位"
     assert (await api.call("staff", "GET", "/settlement/2024/q2")).status_code == 403
+    assert statement.json()["frozen"] is False and statement.json()["differences"] == []
+
+    # Settling freezes the statement; a slip completed and verified afterwards shows as a difference only.
+    frozen = await api.call("bureau", "POST", "/settlement/2024/q2/freeze")
+    assert frozen.status_code == 201 and frozen.json()["frozen"] is True
+    assert frozen.json()["payable_fen"] == 2 * 14100 and frozen.json()["frozen_by"] == "user:bureau"
+    assert (await api.call("bureau", "POST", "/settlement/2024/q2/freeze")).status_code == 409
+    assert (await api.call("bureau", "POST", "/settlement/2100/q4/freeze")).status_code == 409  # not over yet
+    late = run.json()["refused"][0]["slip_id"]
+    for role, name in list(SIGNERS.items())[3:]:
+        signed = await api.call(
+            "staff", "POST", f"/slips/{late}/signatures", json={"role": role.value, "signer_name": name}
+        )
+        assert signed.status_code == 201
+    rerun = await api.call("bureau", "POST", "/settlement/verifications", json={"month": "2024-05-01"})
+    assert rerun.json()["verified"] == [late]
+    after = (await api.call("bureau", "GET", "/settlement/2024/q2")).json()
+    assert (after["frozen"], after["payable_fen"], after["recomputed_payable_fen"]) == (True, 2 * 14100, 3 * 14100)
+    assert [(d["frozen"]["slips"], d["current"]["slips"]) for d in after["differences"]] == [(3, 4)]
+    frozen_xlsx = await api.call("bureau", "GET", "/settlement/2024/q2/statement.xlsx")
+    assert str(load_workbook(io.BytesIO(frozen_xlsx.content))["按供气单位"]["B1"].value).startswith("已结算冻结")
 
     progress = await api.call("em", "GET", "/progress")
     assert progress.status_code == 200
-    assert {t["gas_type"]: t["installed"] for t in progress.json()["targets"]} == {"NG": 3, "LPG": 0}
+    assert {t["gas_type"]: t["installed"] for t in progress.json()["targets"]} == {"NG": 4, "LPG": 0}
     assert (await api.client.get("/progress")).status_code == 401
     public = await api.client.get("/progress/public")
     assert (
