@@ -531,7 +531,7 @@ def render(report: Report) -> str:
         f" {together_peak:.0f} MB. Target for both together < {TARGET_RSS_MB} MB: {verdict_rss} it (judged on the"
         " peaks).\n\n"
         "### Where ingest's time goes (measured separately, same machine)\n\n"
-        "- py-spy on ingest during this benchmark: about half of its samples are gmqtt's own work per message"
+        "- py-spy on ingest during this benchmark: roughly 40% of its samples are gmqtt's own work per message"
         " (parsing, the task it creates for every message, the PUBACK write) — the same work the bare subscriber"
         " does, since both run through `gasguard.mqtt.MqttSession`; ingest adds one more wake-up per message"
         " (its handler awaits the batch's commit before gmqtt sends the PUBACK).\n"
