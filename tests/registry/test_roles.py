@@ -1,10 +1,16 @@
-"""Role matrix: each role against each endpoint family, with 401 and 403 across community and supplier lines."""
+"""Role matrix: each role against each endpoint family, with 401 and 403 across community and supplier lines.
+
+People call with a login session (cookie), as they do in the browser; ``machine`` is a machine account (no
+password) of emergency management calling with a bearer token issued through ``POST /auth/tokens``;
+``expired`` carries a bearer token past its expiry; ``anonymous`` sends no credentials. Every cell is a real
+HTTP call through the app against this test's PostgreSQL database.
+"""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -12,8 +18,9 @@ import httpx
 import pytest
 
 from registry.app import create_app
-from registry.auth import Role, create_user, issue_token
+from registry.auth import SESSION_COOKIE, Role, create_user, issue_token, start_session
 from registry.settings import RegistrySettings
+from registry.slips import create_slip
 
 TOWN_A, COMMUNITY_A = "150626100000", "150626100007"  # 嘎鲁图镇 / 文苑社区
 TOWN_B, COMMUNITY_B = "150626200000", "150626200201"  # 苏力德苏木 / 陶利嘎查
@@ -21,38 +28,52 @@ NG_SUPPLIER = "乌审中燃"
 LPG_SUPPLIER = "荣昌液化石油气供应站"
 PHONE_A, PHONE_B = "13812345678", "18600003333"
 
+#: People, each with a login session.
 ROLES = ("admin", "em", "bureau", "op_ng", "op_lpg", "staff_a", "staff_b", "installer", "installer2")
+#: Bearer-token callers: a machine account of emergency management, and a token past its expiry.
+MACHINES = ("machine", "expired")
 
 
 @dataclass
 class World:
-    """Two communities, two suppliers, one household each, and a user per role."""
+    """Two communities, two suppliers, one household each, a user per role, a machine account."""
 
     client: httpx.AsyncClient
     db: asyncpg.Connection
+    sessions: dict[str, str]
     tokens: dict[str, str]
     user_ids: dict[str, int]
     household_a: int
     household_b: int
     incident_a: int
     job_a: int
+    slip_a: int
 
     async def call(self, who: str | None, method: str, url: str, body: Any = None) -> httpx.Response:
-        """Call ``url`` as ``who`` (None: anonymous)."""
-        headers = {} if who is None else {"Authorization": f"Bearer {self.tokens[who]}"}
+        """Call ``url`` as ``who`` (None: anonymous): people with their session cookie, machines with a token."""
+        if who is None:
+            headers = {}
+        elif who in self.sessions:
+            headers = {"Cookie": f"{SESSION_COOKIE}={self.sessions[who]}"}
+        else:
+            headers = {"Authorization": f"Bearer {self.tokens[who]}"}
         return await self.client.request(method, url, json=body, headers=headers)
 
     async def statuses(self, method: str, url: str, body: Any = None) -> dict[str, int]:
-        """The status each role (and an anonymous caller) gets."""
+        """The status each caller gets: anonymous, then every role in order, then the machine tokens."""
         result = {"anonymous": (await self.call(None, method, url, body)).status_code}
-        for role in ROLES:
-            result[role] = (await self.call(role, method, url, body)).status_code
+        for who in (*ROLES, *MACHINES):
+            result[who] = (await self.call(who, method, url, body)).status_code
         return result
 
 
 def expect(ok: int, allowed: set[str], denied: int = 403) -> dict[str, int]:
-    """Expected statuses: ``ok`` for ``allowed`` roles, ``denied`` for the others, 401 when anonymous."""
-    return {"anonymous": 401} | {role: ok if role in allowed else denied for role in ROLES}
+    """Expected statuses: ``ok`` for ``allowed`` roles, ``denied`` for the others, 401 without valid credentials.
+
+    The machine account has emergency management's role, so it gets what ``em`` gets.
+    """
+    people = {role: ok if role in allowed else denied for role in ROLES}
+    return {"anonymous": 401} | people | {"machine": people["em"], "expired": 401}
 
 
 @pytest.fixture
@@ -104,26 +125,46 @@ async def world(database_url: str, db: asyncpg.Connection) -> AsyncIterator[Worl
         "installer": (Role.INSTALLER, None, None),
         "installer2": (Role.INSTALLER, None, None),
     }
-    tokens: dict[str, str] = {}
+    sessions: dict[str, str] = {}
     user_ids: dict[str, int] = {}
     for name, (role, community, supplier) in users.items():
+        # Created without a password only to spare nine argon2 hashes: the login itself is test_auth's subject.
         user = await create_user(
             db, username=name, password=None, display_name=name, role=role, community_code=community, supplier=supplier
         )
         user_ids[name] = user.id
-        tokens[name] = await issue_token(db, user_id=user.id, name="matrix")
+        sessions[name] = await start_session(db, user=user, ttl=timedelta(hours=1))
+    machine = await create_user(
+        db, username="em-dashboard", password=None, display_name="应急大屏", role=Role.EMERGENCY_MANAGEMENT
+    )
+    user_ids["machine"] = machine.id
+    tokens = {
+        "expired": await issue_token(
+            db, user_id=machine.id, name="old", expires_at=datetime.now(UTC) - timedelta(minutes=1)
+        )
+    }
     job_a = await db.fetchval(
         "INSERT INTO installation_job (household_id, state, installer_id, assigned_at, created_by)"
         " VALUES ($1, 'assigned', $2, now(), 'test') RETURNING id",
         household_a,
         user_ids["installer"],
     )
+    # An unsigned confirmation slip of May 2024 for household A.
+    slip_a = (
+        await create_slip(
+            db, household_id=household_a, installed_on=date(2024, 5, 6), actor="test", today=date(2024, 5, 6)
+        )
+    ).id
     app = create_app(RegistrySettings(database_url=database_url))
     async with (
         app.router.lifespan_context(app),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://registry.test") as client,
     ):
-        yield World(client, db, tokens, user_ids, household_a, household_b, incident_a, job_a)
+        world = World(client, db, sessions, tokens, user_ids, household_a, household_b, incident_a, job_a, slip_a)
+        issued = await world.call("admin", "POST", "/auth/tokens", {"user_id": machine.id, "name": "大屏"})
+        assert issued.status_code == 201, issued.text
+        tokens["machine"] = issued.json()["token"]
+        yield world
 
 
 async def test_households_matrix(world: World) -> None:
@@ -187,12 +228,15 @@ async def test_household_writes_matrix(world: World) -> None:
         }
 
     result = {"anonymous": (await world.call(None, "POST", "/households", new_in_b())).status_code}
-    for role in ROLES:
-        result[role] = (await world.call(role, "POST", "/households", new_in_b())).status_code
+    for who in (*ROLES, *MACHINES):
+        result[who] = (await world.call(who, "POST", "/households", new_in_b())).status_code
     assert result == expect(201, {"admin", "staff_b"})
     patch = {"hazard": "软管老化"}
     assert await world.statuses("PATCH", f"/households/{world.household_a}", patch) == expect(200, {"admin", "staff_a"})
-    actions = [r["action"] for r in await world.db.fetch("SELECT action FROM audit_log ORDER BY id")]
+    actions = [
+        r["action"]
+        for r in await world.db.fetch("SELECT action FROM audit_log WHERE object LIKE 'household:%' ORDER BY id")
+    ]
     assert actions == ["household_created"] * 2 + ["household_updated"] * 2
 
 
@@ -254,3 +298,76 @@ async def test_installations_catalogue_and_tokens_matrix(world: World) -> None:
     assert await world.statuses("POST", "/catalogue/models", model) == expect(201, {"admin"}) | {"anonymous": 401}
     token_body = {"user_id": world.user_ids["em"], "name": "x"}
     assert await world.statuses("POST", "/auth/tokens", token_body) == expect(201, {"admin"})
+
+
+async def test_programme_matrix(world: World) -> None:
+    """Rosters, slips, finance, settlement, spot checks, progress and audit by role, scope and credentials."""
+    a, b, slip = world.household_a, world.household_b, world.slip_a
+    community_staff = {"admin", "staff_a", "staff_b"}
+    # Rosters (花名册): admins and community staff export; staff only their own community, which contains phones.
+    assert await world.statuses("GET", "/rosters/export") == expect(200, community_staff)
+    assert await world.statuses("GET", f"/rosters/export?community_code={COMMUNITY_B}") == expect(
+        200, {"admin", "staff_b"}
+    )
+
+    # Slips (确认单): read within the household's scope; only the housing bureau (or an admin) verifies.
+    may_see_a = {"admin", "bureau", "op_ng", "staff_a", "installer"}
+    assert await world.statuses("GET", f"/slips/{slip}") == expect(200, may_see_a)
+    assert await world.statuses("GET", f"/slips/{slip}/print.html") == expect(200, may_see_a)
+    # Unsigned, so the verifiers get 409 (missing signatures); everyone else is refused before looking.
+    assert await world.statuses("POST", f"/slips/{slip}/verify") == expect(409, {"admin", "bureau"})
+    signature = {"role": "community_secretary", "signer_name": "王书记"}
+    assert await world.statuses("POST", f"/slips/{slip}/signatures", signature) == expect(
+        201, {"admin", "staff_a", "installer"}
+    ) | {"staff_a": 409, "installer": 409}  # the admin signed first; the same role cannot sign twice
+
+    # Finance (资金): prices for the programme's offices; a household's ledger within its scope.
+    assert await world.statuses("GET", "/finance/prices") == expect(
+        200, {"admin", "bureau", "op_ng", "op_lpg", "staff_a", "staff_b"}
+    )
+    assert await world.statuses("GET", f"/finance/households/{a}/ledger") == expect(
+        200, {"admin", "bureau", "op_ng", "staff_a"}
+    )
+    assert await world.statuses("GET", f"/finance/households/{b}/eligibility") == expect(
+        200, {"admin", "bureau", "op_lpg", "staff_b"}
+    )
+    price = {
+        "gas_type": "LPG",
+        "item": "液化石油气调压阀（含金属包覆管）",
+        "effective_from": "2025-01-01",
+        "price_fen": 22300,
+        "company_bp": 4000,
+        "government_bp": 3000,
+        "resident_bp": 3000,
+    }
+    assert await world.statuses("POST", "/finance/prices", price) == expect(201, {"admin"})
+
+    # Settlement (结算): the housing bureau and admins only.
+    bureau = {"admin", "bureau"}
+    assert await world.statuses("POST", "/settlement/verifications", {"month": "2024-05-01"}) == expect(201, bureau)
+    assert await world.statuses("GET", "/settlement/2024/q2") == expect(200, bureau)
+    assert await world.statuses("GET", "/settlement/2024/q2/statement.xlsx") == expect(200, bureau)
+    # The admin (asked first) freezes the quarter; the bureau then finds it frozen already (409).
+    assert await world.statuses("POST", "/settlement/2024/q2/freeze") == expect(201, {"admin"}) | {"bureau": 409}
+
+    # Spot checks (抽查): the bureau draws; community staff read their own community's.
+    draw = {"month": "2024-05-01", "community_code": COMMUNITY_A, "seed": "matrix"}
+    assert await world.statuses("POST", "/spot-checks", draw) == expect(201, {"admin"}) | {"bureau": 409}
+    assert await world.statuses("GET", "/spot-checks") == expect(200, {"admin", "bureau", "staff_a", "staff_b"})
+    assert await world.statuses("GET", f"/spot-checks?community_code={COMMUNITY_A}") == expect(
+        200, {"admin", "bureau", "staff_a"}
+    )
+    assert await world.statuses("GET", "/spot-checks/findings") == expect(
+        200, {"admin", "bureau", "staff_a", "staff_b"}
+    )
+    finding = {"slip_id": slip, "finding": "match"}
+    assert await world.statuses("POST", "/spot-checks/findings", finding) == expect(201, {"admin", "bureau", "staff_a"})
+
+    # Progress (进度): every signed-in caller; the public page needs no credentials at all.
+    assert await world.statuses("GET", "/progress") == expect(200, set(ROLES))
+    assert (await world.call(None, "GET", "/progress/public")).status_code == 200
+
+    # Audit log: admins and the housing bureau.
+    assert await world.statuses("GET", "/audit") == expect(200, bureau)
+    frozen = await world.db.fetchval("SELECT actor FROM audit_log WHERE action = 'settlement_frozen'")
+    assert frozen == "user:admin"
