@@ -60,16 +60,23 @@ async def test_housing_bureau_sees_charts_and_matching_figures(
     for target in report["targets"]:
         chart = page.locator(f'figure.chart[data-gas="{target["gas_type"]}"]')
         points = [m for m in months if m["gas_type"] == target["gas_type"]]
-        await expect(chart.locator("path.series")).to_have_count(1)
-        await expect(chart.locator("circle.dot")).to_have_count(len(points))
+        installed = f"path.series.{target['gas_type'].lower()}"
+        await expect(chart.locator(installed)).to_have_count(1)
+        await expect(chart.locator(f"circle.dot.{target['gas_type'].lower()}")).to_have_count(len(points))
+        await expect(chart.locator("path.series.verified")).to_have_count(1)
+        await expect(chart.locator("circle.dot.verified")).to_have_count(len(points))
         await expect(chart.locator("line.target")).to_have_count(1)
-        assert await chart.locator("path.series").get_attribute("d")
+        assert await chart.locator(installed).get_attribute("d")
     assert [(m["month"], m["gas_type"], m["cumulative"]) for m in months] == [
         ("2024-06-01", "NG", 3),
         ("2024-07-01", "NG", 5),
         ("2024-08-01", "LPG", 1),
         ("2024-08-01", "NG", 6),
     ]
+
+    # The verified line ends at the verified total: June's three NG slips.
+    last_verified = page.locator('figure.chart[data-gas="NG"] circle.dot.verified').last
+    assert (await last_verified.locator("title").text_content() or "").endswith("：3")
 
     # The target tiles show the API's installed counts against the targets.
     tiles = await page.locator("#stats .stat .num").all_inner_texts()
@@ -104,3 +111,4 @@ async def test_housing_bureau_sees_charts_and_matching_figures(
     await expect(page.locator("#findings tbody tr")).to_have_count(1)
     await expect(page.locator("#findings")).to_contain_text("不符")
     await expect(page.locator("#findings")).to_contain_text("70.50")
+    await expect(page.locator("#overdue-list tbody tr").first).to_be_visible()  # the deadline has passed

@@ -37,11 +37,15 @@ function renderStats(report) {
 
 function renderCharts(report, months) {
   const charts = report.targets.map((t) => {
-    const points = months.filter((m) => m.gas_type === t.gas_type).map((m) => ({ x: m.month, y: m.cumulative }));
+    const own = months.filter((m) => m.gas_type === t.gas_type);
+    const points = own.map((m) => ({ x: m.month, y: m.cumulative }));
+    let verifiedSoFar = 0;
+    const verified = own.map((m) => ({ x: m.month, y: (verifiedSoFar += m.verified) }));
     const name = GAS[t.gas_type];
     return el("figure", { class: "panel chart", dataset: { gas: t.gas_type } },
-      el("figcaption", {}, el("strong", {}, `${name}累计安装`), el("span", { class: "muted" }, `（五方签字确认单，目标 ${n(t.households)} 户）`)),
-      lineChart([{ name, cls: t.gas_type.toLowerCase(), points }], {
+      el("figcaption", {}, el("strong", {}, `${name}累计安装`), el("span", { class: "muted" }, `（五方签字确认单，目标 ${n(t.households)} 户）`),
+        el("span", { class: "legend" }, el("span", {}, el("i", { class: `key-${t.gas_type.toLowerCase()}` }), "已安装"), el("span", {}, el("i", { class: "key-verified" }), "已核验"))),
+      lineChart([{ name: `${name}已安装`, cls: t.gas_type.toLowerCase(), points }, { name: "已核验", cls: "verified", points: verified }], {
         target: { y: t.households, x: t.deadline, label: "目标" },
         ariaLabel: `${name}累计安装 ${n(t.installed)} 户，目标 ${n(t.households)} 户`,
       }));
@@ -152,7 +156,11 @@ async function renderSpotChecks(user, report) {
 
 function renderOverdue(report) {
   $("overdue").replaceChildren(report.overdue.length
-    ? el("ul", {}, report.overdue.map((o) => el("li", {}, el("strong", {}, o.unit), `：${OVERDUE[o.kind] ?? o.kind} — ${o.detail}`)))
+    ? el("table", { id: "overdue-list" },
+      el("thead", {}, el("tr", {}, ["责任单位", "事项", "数量", "说明"].map((h, i) => el("th", { class: i === 2 ? "num" : null }, h)))),
+      el("tbody", {}, report.overdue.map((o) => el("tr", {},
+        el("td", {}, o.unit), el("td", {}, el("span", { class: "badge st-warn" }, OVERDUE[o.kind] ?? o.kind)),
+        el("td", { class: "num" }, n(o.count)), el("td", {}, o.detail)))))
     : el("p", { class: "muted" }, "暂无逾期事项"));
 }
 
