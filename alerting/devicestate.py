@@ -8,7 +8,7 @@ never 'normal') and opens one incident per household and kind (the unique index 
 when several engines sweep).
 
 When a whole community or gateway goes silent at once (a power cut, a dead gateway, a cut fibre),
-one ``offline_scope`` incident per scope goes to the operators instead of thousands of per-device
+one ``offline`` incident for the scope (no household) goes to the operators instead of thousands of per-device
 incidents that would bury them; each device still reads 'unknown'.
 """
 

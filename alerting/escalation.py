@@ -248,7 +248,8 @@ async def _fire(
     sent: list[dict[str, str]] = []
     if current is not None:
         facts = IncidentFacts(
-            kind=row["kind"],
+            # An offline incident without a household is a whole community or gateway gone silent.
+            kind="offline_scope" if row["kind"] == "offline" and row["household_id"] is None else row["kind"],
             place=await _place(conn, row),
             time=row["alarm_received_at"],
             resident_phone=row["resident_phone"],

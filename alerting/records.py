@@ -695,7 +695,7 @@ async def start_emergency_escalation(conn: asyncpg.Connection, incident_id: int,
 async def open_scope_incident(
     conn: asyncpg.Connection, *, scope: str, community_code: str, at: datetime, detail: dict[str, int]
 ) -> int | None:
-    """Open the one active ``offline_scope`` incident of a silent community or gateway; returns a new id.
+    """Open the one active ``offline`` incident of a silent community or gateway (no household); returns a new id.
 
     Critical, escalated from the first step (duty operators at once, emergency management if nobody
     acknowledges): while its devices are silent, an alarm there closes no valve.
@@ -703,8 +703,9 @@ async def open_scope_incident(
     incident_id: int | None = await conn.fetchval(
         """
         INSERT INTO incident (household_id, kind, severity, scope, community_code, alarm_received_at, detail)
-        VALUES (NULL, 'offline_scope', 'critical', $1, $2, $3, $4)
-        ON CONFLICT (scope) WHERE kind = 'offline_scope' AND state <> 'CLOSED' DO NOTHING RETURNING id
+        VALUES (NULL, 'offline', 'critical', $1, $2, $3, $4)
+        ON CONFLICT (scope) WHERE kind = 'offline' AND household_id IS NULL AND state <> 'CLOSED' DO NOTHING
+        RETURNING id
         """,
         scope,
         community_code,

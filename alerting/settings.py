@@ -47,8 +47,8 @@ class AlertingSettings(CommonSettings):
     escalation_poll_s: float = Field(default=1.0, gt=0)
     #: How often the device-health sweep (offline, low battery, mains loss) runs.
     health_sweep_s: float = Field(default=60.0, gt=0)
-    #: A community or gateway (Modbus controller) whose devices go silent together is one ``offline_scope``
-    #: incident to the operators, not one incident per device: at least this many of its devices and this
+    #: A community or gateway (Modbus controller) whose devices go silent together is one ``offline`` incident
+    #: for the scope to the operators, not one incident per device: at least this many of its devices and this
     #: share of them unknown in one sweep. Each device's state is 'unknown' either way.
     offline_scope_min_devices: int = Field(default=10, ge=2)
     offline_scope_share: float = Field(default=0.5, gt=0, le=1)

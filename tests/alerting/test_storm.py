@@ -11,6 +11,7 @@ import asyncpg
 import httpx
 
 from alerting.devicestate import ScopePolicy, sweep
+from alerting.escalation import Contacts, fire_due
 from alerting.recorder import Recorder
 from alerting.records import AlarmRecorded, ResidentSmsDue, SentCommand, ValveReported, apply, batchable
 from alerting.settings import AlertingSettings
@@ -170,12 +171,16 @@ async def test_a_silent_community_is_one_incident_and_every_device_stays_unknown
     assert len(first.silent_scopes) == 1 and first.silent_scopes[0].startswith("community:")
     assert first.opened == 1 and again.opened == 0
     [incident] = await db.fetch("SELECT * FROM incident")
-    assert incident["kind"] == "offline_scope" and incident["household_id"] is None
+    assert incident["kind"] == "offline" and incident["household_id"] is None
     assert incident["scope"] == f"offline:{first.silent_scopes[0]}" and incident["severity"] == "critical"
     assert incident["detail"]["devices_unknown"] == incident["detail"]["devices"]
-    assert await db.fetchval("SELECT count(*) FROM escalation WHERE incident_id = $1", incident["id"]) == 1
     statuses = dict(await db.fetch("SELECT device_id, status FROM device_state"))
     assert statuses == dict.fromkeys(devices, "unknown")
+    # One text to the duty operator for the whole community, at once.
+    assert await fire_due(db, Contacts(operator_a=("13900000001",)), hotline="0477-7212345") == 1
+    [job] = await db.fetch("SELECT * FROM notification_outbox WHERE incident_id = $1", incident["id"])
+    assert job["recipient"] == "13900000001" and job["template"] == "SMS_GG_DEVICE_NOTICE"
+    assert job["params"]["issue"] == "成片离线"
 
 
 async def test_a_few_silent_devices_still_get_their_own_offline_incidents(db: asyncpg.Connection) -> None:

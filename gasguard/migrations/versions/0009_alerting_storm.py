@@ -14,18 +14,16 @@ branch_labels = None
 depends_on = ("0002_alerting",)
 
 SCHEMA = r"""
--- A whole community or gateway going silent is one incident for the scope ('offline:community:<code>'
--- or 'offline:gateway:<controller>'), not one per device; each device stays 'unknown' in device_state.
-ALTER TABLE incident DROP CONSTRAINT incident_kind_check;
-ALTER TABLE incident ADD CONSTRAINT incident_kind_check CHECK (kind IN (
-    'gas_alarm', 'valve_not_closed', 'device_fault', 'end_of_life', 'offline', 'low_battery', 'mains_loss', 'cluster',
-    'offline_scope'));
+-- A whole community or gateway going silent is one 'offline' incident for the scope, without a household
+-- ('offline:community:<code>' or 'offline:gateway:<controller>'), not one per device; each device stays
+-- 'unknown' in device_state. The kind is the existing 'offline', so every reader of incidents knows it.
 ALTER TABLE incident DROP CONSTRAINT incident_household_unless_cluster;
 ALTER TABLE incident ADD CONSTRAINT incident_household_unless_scope
-    CHECK (kind IN ('cluster', 'offline_scope') OR household_id IS NOT NULL);
-ALTER TABLE incident ADD CONSTRAINT incident_offline_scope_has_scope CHECK (kind <> 'offline_scope' OR scope IS NOT NULL);
+    CHECK (kind IN ('cluster', 'offline') OR household_id IS NOT NULL);
+ALTER TABLE incident ADD CONSTRAINT incident_scope_unless_household
+    CHECK (household_id IS NOT NULL OR scope IS NOT NULL);
 CREATE UNIQUE INDEX incident_one_active_offline_scope_idx ON incident (scope)
-    WHERE kind = 'offline_scope' AND state <> 'CLOSED';
+    WHERE kind = 'offline' AND household_id IS NULL AND state <> 'CLOSED';
 
 -- The cluster rule counts alarming households per building and community in the recorder's transaction;
 -- in an alarm storm that count must start from the scope's households, not from every recent alarm.
