@@ -6,11 +6,13 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import asyncpg
 
 _LOGGER = logging.getLogger(__name__)
+
+_Text = TypeVar("_Text", str, str | None)
 
 IdentityKind = Literal["serial", "imei", "platform_device_id", "modbus", "device_id"]
 
@@ -102,25 +104,33 @@ async def load_identities(conn: asyncpg.Connection | asyncpg.pool.PoolConnection
         FROM device d JOIN device_model m ON m.id = d.model_id
         """
     )
+    # The driver makes a new string for every row; the few distinct values of the low-cardinality columns
+    # (kind, model, platform, ...) are shared instead, which keeps a county's identity map smaller.
+    shared: dict[str, str] = {}
+
+    def one(value: _Text) -> _Text:
+        return value if value is None else shared.setdefault(value, value)
+
     devices = [
         DeviceIdentity(
             device_id=r["id"],
-            kind=r["kind"],
-            model_id=r["model_id"],
+            kind=one(r["kind"]),
+            model_id=one(r["model_id"]),
             serial=r["serial"],
             imei=r["imei"],
-            platform=r["platform"],
+            platform=one(r["platform"]),
             platform_device_id=r["platform_device_id"],
-            product_id=r["product_id"],
+            product_id=one(r["product_id"]),
             power_saving=r["power_saving"],
             heartbeat_s=r["heartbeat_s"],
-            codec=r["bearer"],
-            modbus_controller=r["modbus_controller"],
+            codec=one(r["bearer"]),
+            modbus_controller=one(r["modbus_controller"]),
             modbus_channel=r["modbus_channel"],
-            modbus_point=r["modbus_point"],
+            modbus_point=one(r["modbus_point"]),
         )
         for r in rows
     ]
+    del rows  # the records are the larger copy; let them go before the index is built
     controllers = [
         ControllerConfig(
             id=r["id"],
