@@ -15,7 +15,7 @@ from types import MappingProxyType
 
 import asyncpg
 
-from gasguard.db import connect
+from alerting.listen import listen_forever
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -103,38 +103,25 @@ class DirectoryKeeper:
         self._dsn = dsn
         self._refresh_s = refresh_s
         self.current = Directory.empty()
-        self._changed = asyncio.Event()
         self.loaded = asyncio.Event()
 
     async def run_loop(self) -> None:
         """Keep the directory fresh forever; survives database outages with the last snapshot."""
-        failing = False
-        while True:
-            conn: asyncpg.Connection | None = None
-            try:
-                conn = await connect(self._dsn)
-                await conn.add_listener("gg_directory", self._on_notify)
-                while True:
-                    self._changed.clear()
-                    self.current = await load_directory(conn)
-                    self.loaded.set()
-                    if failing:
-                        _LOGGER.info("directory reloaded; database reachable again")
-                        failing = False
-                    _LOGGER.debug("directory: %d alarms, %d valves", len(self.current.alarms), len(self.current.valves))
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._changed.wait(), self._refresh_s)
-                    # Coalesce a burst of changes (an installer linking many devices) into one reload.
-                    await asyncio.sleep(0.05)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as err:
-                if not failing:
-                    _LOGGER.warning("directory reload failed (%s); keeping the last snapshot", err)
-                    failing = True
-                await asyncio.sleep(1.0)
-            finally:
-                if conn is not None:
-                    with contextlib.suppress(Exception):
-                        await conn.close()
+        await listen_forever(
+            self._dsn,
+            "gg_directory",
+            self._reload_forever,
+            what="directory (keeping the last snapshot)",
+            errors=(OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError),
+        )
 
-    def _on_notify(self, conn: object, pid: int, channel: str, payload: object) -> None:
-        self._changed.set()
+    async def _reload_forever(self, conn: asyncpg.Connection, changed: asyncio.Event) -> None:
+        while True:
+            changed.clear()
+            self.current = await load_directory(conn)
+            self.loaded.set()
+            _LOGGER.debug("directory: %d alarms, %d valves", len(self.current.alarms), len(self.current.valves))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), self._refresh_s)
+            # Coalesce a burst of changes (an installer linking many devices) into one reload.
+            await asyncio.sleep(0.05)

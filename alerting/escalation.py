@@ -18,6 +18,7 @@ from datetime import datetime
 
 import asyncpg
 
+from alerting.listen import listen_forever
 from alerting.recorder import TRANSIENT_DB_ERRORS
 from alerting.records import ACTOR, place_of
 from alerting.settings import AlertingSettings
@@ -31,7 +32,6 @@ from alerting.templates import (
     county_time,
 )
 from gasguard import incidents
-from gasguard.db import connect
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -305,37 +305,20 @@ class Escalator:
         self._contacts = Contacts.from_settings(settings)
         self._hotline = settings.hotline
         self._poll_s = settings.escalation_poll_s
-        self._wake = asyncio.Event()
         self.fired = 0
 
     async def run_loop(self) -> None:
         """Forever: fire what is due, then wait for NOTIFY ``gg_escalation`` or the poll interval."""
-        failing = False
-        while True:
-            conn: asyncpg.Connection | None = None
-            try:
-                conn = await connect(self._dsn)
-                await conn.add_listener("gg_escalation", self._on_notify)
-                if failing:
-                    _LOGGER.info("escalation timers reachable again")
-                    failing = False
-                while True:
-                    self._wake.clear()
-                    fired = await fire_due(conn, self._contacts, hotline=self._hotline)
-                    self.fired += fired
-                    if fired:
-                        continue
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), self._poll_s)
-            except TRANSIENT_DB_ERRORS as err:
-                if not failing:
-                    _LOGGER.warning("escalation timers unreachable (%s); retrying", err)
-                    failing = True
-                await asyncio.sleep(1.0)
-            finally:
-                if conn is not None:
-                    with contextlib.suppress(Exception):
-                        await conn.close()
+        await listen_forever(
+            self._dsn, "gg_escalation", self._fire_forever, what="escalation timers", errors=TRANSIENT_DB_ERRORS
+        )
 
-    def _on_notify(self, conn: object, pid: int, channel: str, payload: object) -> None:
-        self._wake.set()
+    async def _fire_forever(self, conn: asyncpg.Connection, wake: asyncio.Event) -> None:
+        while True:
+            wake.clear()
+            fired = await fire_due(conn, self._contacts, hotline=self._hotline)
+            self.fired += fired
+            if fired:
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), self._poll_s)

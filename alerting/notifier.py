@@ -25,6 +25,7 @@ from asyncpg.pool import PoolConnectionProxy
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from alerting.listen import listen_forever
 from alerting.providers.aliyun import AliyunSmsProvider
 from alerting.providers.base import (
     Channel,
@@ -408,7 +409,6 @@ class Notifier:
         self._reconcile_give_up_s = reconcile_give_up_s
         self._batch_size = batch_size
         self._concurrency = concurrency
-        self._wake = asyncio.Event()
         self.sent = 0
 
     async def run_loop(self) -> None:
@@ -419,38 +419,20 @@ class Notifier:
                 tg.create_task(self._reconcile_loop(), name="notifier.reconcile")
 
     async def _send_loop(self) -> None:
-        failing = False
-        while True:
-            conn: asyncpg.Connection | None = None
-            try:
-                conn = await connect(self._dsn)
-                await conn.add_listener("gg_outbox", self._on_notify)
-                if failing:
-                    _LOGGER.info("outbox reachable again")
-                    failing = False
-                async with open_pool(self._dsn, min_size=1, max_size=self._concurrency) as pool:
-                    await self._send_forever(conn, pool)
-            except TRANSIENT_DB_ERRORS as err:
-                if not failing:
-                    _LOGGER.warning("outbox unreachable (%s); retrying", err)
-                    failing = True
-                await asyncio.sleep(1.0)
-            finally:
-                if conn is not None:
-                    with contextlib.suppress(Exception):
-                        await conn.close()
+        await listen_forever(self._dsn, "gg_outbox", self._send_forever, what="outbox", errors=TRANSIENT_DB_ERRORS)
 
-    async def _send_forever(self, conn: DbConn, pool: asyncpg.Pool) -> None:
-        while True:
-            self._wake.clear()
-            if await self.send_due(conn, pool) == self._batch_size:
-                continue
-            wait_s = await conn.fetchval(
-                "SELECT greatest(0, extract(epoch FROM min(next_attempt_at) - now()))::float8"
-                " FROM notification_outbox WHERE status = 'pending'"
-            )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), min(wait_s if wait_s is not None else 5.0, 5.0))
+    async def _send_forever(self, conn: asyncpg.Connection, wake: asyncio.Event) -> None:
+        async with open_pool(self._dsn, min_size=1, max_size=self._concurrency) as pool:
+            while True:
+                wake.clear()
+                if await self.send_due(conn, pool) == self._batch_size:
+                    continue
+                wait_s = await conn.fetchval(
+                    "SELECT greatest(0, extract(epoch FROM min(next_attempt_at) - now()))::float8"
+                    " FROM notification_outbox WHERE status = 'pending'"
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), min(wait_s if wait_s is not None else 5.0, 5.0))
 
     async def _reconcile_loop(self) -> None:
         while True:
@@ -467,9 +449,6 @@ class Notifier:
                 if conn is not None:
                     with contextlib.suppress(Exception):
                         await conn.close()
-
-    def _on_notify(self, conn: object, pid: int, channel: str, payload: object) -> None:
-        self._wake.set()
 
     async def send_due(self, conn: DbConn, pool: asyncpg.Pool | None = None) -> int:
         """Claim and send one batch of due jobs; returns how many were claimed.
