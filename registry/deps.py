@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
@@ -307,6 +308,16 @@ ExactTotalQuery = Annotated[
         )
     ),
 ]
+
+
+def list_snapshot(conn: Conn, *, exact_total: bool) -> contextlib.AbstractAsyncContextManager[object]:
+    """The transaction a list request needs: one read-only snapshot for page and count when both are read now.
+
+    A page with a cached total is a single statement, which is its own snapshot: no BEGIN/COMMIT round trips.
+    """
+    if exact_total:
+        return conn.transaction(isolation="repeatable_read", readonly=True)
+    return contextlib.nullcontext()
 
 
 @dataclass(frozen=True, slots=True)

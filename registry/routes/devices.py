@@ -22,6 +22,7 @@ from registry.deps import (
     LimitQuery,
     StateDep,
     TodayDep,
+    list_snapshot,
     page_total,
 )
 from registry.models import DeviceDetailPublic, DeviceKind, DevicePublic, DevicesPublic, LinkPublic
@@ -47,7 +48,7 @@ async def read_devices(
     """List the devices of the households the caller may see, in id order."""
     after = _CURSOR.decode(cursor)
     scope = scope_for(user)
-    async with conn.transaction(isolation="repeatable_read", readonly=True):
+    async with list_snapshot(conn, exact_total=exact_total):
         rows = await queries.list_devices(
             conn=conn,
             limit=limit + 1,

@@ -22,6 +22,7 @@ from registry.deps import (
     LimitQuery,
     StateDep,
     TodayDep,
+    list_snapshot,
     page_total,
 )
 from registry.models import (
@@ -68,7 +69,7 @@ async def read_households(
     after = _CURSOR.decode(cursor)
     scope = scope_for(user)
     filters = {"town_code": town_code, "community_code": community_code, "gas_type": gas_type}
-    async with conn.transaction(isolation="repeatable_read", readonly=True):
+    async with list_snapshot(conn, exact_total=exact_total):
         rows = await queries.list_households(
             conn=conn, limit=limit + 1, after=None if after is None else after[0], scope=scope, **filters
         )

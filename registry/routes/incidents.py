@@ -31,6 +31,7 @@ from registry.deps import (
     LimitQuery,
     StateDep,
     UtcDatetime,
+    list_snapshot,
     page_total,
 )
 from registry.models import (
@@ -93,7 +94,7 @@ async def read_incidents(
     """List the incidents of the households the caller may see, newest first."""
     after = _CURSOR.decode(cursor)
     scope = scope_for(user)
-    async with conn.transaction(isolation="repeatable_read", readonly=True):
+    async with list_snapshot(conn, exact_total=exact_total):
         rows = await queries.list_incidents(
             conn=conn, limit=limit + 1, after=after, state=state, kind=kind, household_id=household_id, scope=scope
         )

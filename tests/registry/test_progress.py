@@ -9,6 +9,7 @@ import asyncpg
 
 from gasguard.db import open_pool
 from registry.progress import ProgressCache, progress, render_public_html
+from registry.queries import _MONITORED, _UNPROTECTED, list_households
 from registry.slips import SignatureRole
 from tests.registry.test_rosters import COMMUNITY, OTHER_COMMUNITY, RURAL_COMMUNITY, add_places
 from tests.registry.test_slips import add_household, signed_slip
@@ -103,7 +104,6 @@ async def test_public_page_has_no_personal_data(db: asyncpg.Connection) -> None:
 
 async def test_set_based_counts_agree_with_the_registry_definition(db: asyncpg.Connection) -> None:
     """Progress's unprotected count equals the registry's per-household definition (registry.queries)."""
-    from registry.queries import _UNPROTECTED
 
     await add_places(db)
     await _models(db)
@@ -134,6 +134,16 @@ async def test_set_based_counts_agree_with_the_registry_definition(db: asyncpg.C
     expected = await db.fetchval(f"SELECT count(*) FROM household h WHERE {_UNPROTECTED}")
     assert sum(c.unprotected for c in report.communities) == expected
     assert 0 < expected < 18
+    # The household pages compute the same flags their own way (one LATERAL pass per row): row by row equal.
+    definition = {
+        r["id"]: (r["monitored"], r["unprotected"])
+        for r in await db.fetch(
+            f"SELECT h.id, {_MONITORED} AS monitored, {_UNPROTECTED} AS unprotected FROM household h"
+        )
+    }
+    pages = {r["id"]: (r["monitored"], r["unprotected"]) for r in await list_households(conn=db, limit=100)}
+    assert pages == definition and len(pages) == 18
+    assert {(True, False), (True, True), (False, True)} <= set(pages.values())  # every case is exercised
 
 
 async def test_cache_serves_the_same_report_until_it_expires(db: asyncpg.Connection) -> None:
