@@ -36,6 +36,8 @@ from registry.deps import CONNECT_ERRORS, PoolDep, get_state
 _LOGGER = logging.getLogger(__name__)
 
 CHANNEL = "gg_incident"
+#: How the listening connection shows in ``pg_stat_activity``.
+APPLICATION_NAME = "gasguard-registry-live"
 #: How many recent notifications a reconnecting browser can catch up on.
 BACKLOG = 2000
 #: Per-stream queue; a stream that falls this far behind is told to resync instead.
@@ -106,7 +108,9 @@ class LiveHub:
         while True:
             lost = asyncio.Event()
             try:
-                conn = await asyncpg.connect(self._dsn, timeout=10)
+                conn = await asyncpg.connect(
+                    self._dsn, timeout=10, server_settings={"application_name": APPLICATION_NAME}
+                )
             except CONNECT_ERRORS as err:
                 attempt += 1
                 delay = random.uniform(0.5, min(30.0, 1.5**attempt))

@@ -13,8 +13,9 @@ import httpx
 import pytest
 
 from registry.auth import Role, create_user
+from registry.ui.live import APPLICATION_NAME
 from tests.support.rows import COMMUNITY, TOWN, add_household
-from tests.support.stack import registry_running
+from tests.support.stack import registry_running, wait_for
 
 OTHER_COMMUNITY = "150626100099"
 PASSWORD = "board-test-password"
@@ -245,3 +246,34 @@ async def test_event_stream_delivers_incident_changes(
         async with api.stream("GET", "/ui/api/events", headers={"Last-Event-ID": "0000-5"}) as response:
             resync = await _next(_events(response), "resync")
             assert resync["retry"] == "2000"
+
+
+async def test_lost_listen_connection_resyncs_and_recovers(
+    base_url: str, db: asyncpg.Connection, county: dict[str, int]
+) -> None:
+    """When the LISTEN connection is killed, streams are told to resync and changes flow again afterwards."""
+    async with _client(base_url, "zhiban") as api, api.stream("GET", "/ui/api/events") as response:
+        events = _events(response)
+        await _next(events, "hello")
+        killed = await db.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE application_name = $1 AND datname = current_database()",
+            APPLICATION_NAME,
+        )
+        assert killed == 1
+        await _next(events, "resync")
+
+        async def listening_again() -> bool:
+            return bool(
+                await db.fetchval(
+                    # The first statement of the new connection is its LISTEN.
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1"
+                    " AND datname = current_database() AND query <> '' AND state = 'idle'",
+                    APPLICATION_NAME,
+                )
+            )
+
+        await wait_for(listening_again)
+        await db.execute("UPDATE incident SET state = 'NOTIFIED' WHERE id = $1", county["ours_critical"])
+        changed = await _next(events, "incident")
+        assert json.loads(changed["data"]) == {"id": county["ours_critical"]}

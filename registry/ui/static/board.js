@@ -126,11 +126,27 @@ function announce(row) {
   beep();
 }
 
+let flushing = false;
+
 async function flush() {
   flushTimer = null;
+  if (flushing) {
+    // One request at a time, so an older answer never overwrites a newer one.
+    flushTimer = setTimeout(flush, 50);
+    return;
+  }
+  flushing = true;
+  try {
+    await flushOnce();
+  } finally {
+    flushing = false;
+  }
+}
+
+async function flushOnce() {
   const ids = [...pending].slice(0, 200);
   for (const id of ids) pending.delete(id);
-  if (pending.size) flushTimer = setTimeout(flush, 0);
+  if (pending.size) flushTimer ??= setTimeout(flush, 0);
   let data;
   try {
     data = await api("/ui/api/board", { query: { ids } });
