@@ -934,7 +934,9 @@ def _api_section(api: ApiRun, options: Options) -> list[str]:
         "`exact_total=true` counts in the page's own snapshot instead). `/progress` is served from a per-process "
         "report refreshed in the background every 15 s and never older than 30 s (`counted_at`, `age_s` in the "
         "answer). So the measured requests run the page query and the token lookup; the counts and the "
-        "40,000-household aggregation run a few times per worker during the run, in the background.",
+        "40,000-household aggregation run a few times per worker during the run, in the background. Incidents "
+        "page newest first along the index on `(opened_at DESC, id DESC)`; a household page picks its ids, then "
+        "computes the monitored/unprotected flags of those rows in one LATERAL pass over each one's devices.",
         "",
         "**Load.** Per endpoint: a closed-loop warm-up of "
         f"{options.warmup_s:g} s, then the measured phases. *Paced*, at each of {len(rates)} rates: each of the "
