@@ -26,9 +26,10 @@ import statistics
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
@@ -36,6 +37,7 @@ from playwright._impl._api_structures import SetCookieParam
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 
+from alerting.records import AlarmRecorded, CommandAcked, SentCommand, ValveReported, apply
 from gasguard.db import connect
 from gasguard.embedded import free_tcp_port
 from registry.auth import Role, create_user
@@ -195,6 +197,68 @@ async def _verification_and_spot_checks(conn: asyncpg.Connection) -> tuple[int, 
     return verified, sampled
 
 
+async def _alarm_incident(conn: asyncpg.Connection) -> None:
+    """One leak as alerting records it (alarm → close command → ack → valve closed), with %LEL readings around it.
+
+    Written through alerting's own records (`alerting.records.apply`) so the incident page shows what a real one
+    holds: timeline, valve command and its confirmation, resident SMS queued, and the concentration chart.
+    """
+    row = await conn.fetchrow(
+        "SELECT a.id AS alarm_id, l.valve_id, a.household_id FROM alarm_valve_link l JOIN device a ON a.id = l.alarm_id"
+        " JOIN device_state s ON s.device_id = a.id WHERE s.status = 'normal'"
+        " AND NOT EXISTS (SELECT 1 FROM incident i WHERE i.household_id = a.household_id AND i.state <> 'CLOSED')"
+        " ORDER BY a.id LIMIT 1"
+    )
+    assert row is not None
+    at = datetime.now(UTC) - timedelta(minutes=4)
+    readings = [
+        (at + timedelta(seconds=30 * i), max(0.0, 26.0 - abs(i) * (1.6 if i < 0 else 3.2))) for i in range(-40, 8)
+    ]
+    await conn.executemany(
+        "INSERT INTO telemetry (device_id, device_ts, received_at, seq, kind, lel, alarm_state)"
+        " VALUES ($1, $2, $2, $3, 'alarm', $4, $5)",
+        [
+            (
+                row["alarm_id"],
+                ts,
+                9_000 + n,
+                round(lel, 1),
+                "high_alarm" if lel >= 25 else "low_alarm" if lel >= 10 else "normal",
+            )
+            for n, (ts, lel) in enumerate(readings)
+        ],
+    )
+    cmd_id = uuid.uuid4()
+    ms = timedelta(milliseconds=1)
+    for record in (
+        AlarmRecorded(
+            alarm_id=row["alarm_id"],
+            household_id=row["household_id"],
+            severity="critical",
+            alarm_state="high_alarm",
+            lel=26.0,
+            device_ts=at,
+            received_at=at + 40 * ms,
+            commands=(
+                SentCommand(
+                    cmd_id=cmd_id, valve_id=row["valve_id"], issued_at=at + 42 * ms, expires_at=at + timedelta(hours=6)
+                ),
+            ),
+            resident_sms_hold_s=10.0,
+            hotline="0477-7212345",
+        ),
+        CommandAcked(cmd_id=cmd_id, accepted=True, at=at + 310 * ms),
+        ValveReported(
+            valve_id=row["valve_id"],
+            household_id=row["household_id"],
+            position="closed",
+            cmd_id=cmd_id,
+            at=at + 1_240 * ms,
+        ),
+    ):
+        await apply(conn, record)
+
+
 async def build_county(dsn: str, households: int) -> County:
     """The benchmark county, with one user per role that the pages need."""
     conn = await connect(dsn)
@@ -202,6 +266,7 @@ async def build_county(dsn: str, households: int) -> County:
         seeded = await seed_demo_county(conn, households=households, seed=1)
         await _device_states(conn)
         incidents = await _seed_incidents(conn, count=5_000, open_count=120)
+        await _alarm_incident(conn)
         slips = await _slips(conn)
         verified, sampled = await _verification_and_spot_checks(conn)
         for username, (display_name, role) in USERS.items():
@@ -296,7 +361,8 @@ async def screenshots(browser: Browser, base_url: str, directory: Path, dsn: str
     conn = await connect(dsn)
     try:
         incident_id = await conn.fetchval(
-            "SELECT id FROM incident WHERE state <> 'CLOSED' ORDER BY opened_at DESC LIMIT 1"
+            "SELECT i.id FROM incident i WHERE i.state <> 'CLOSED'"
+            " AND EXISTS (SELECT 1 FROM valve_command c WHERE c.incident_id = i.id) ORDER BY i.id DESC LIMIT 1"
         )
         place = await conn.fetchrow(  # the building with the most devices not reporting normally
             "SELECT h.community_code, h.building FROM household h JOIN device d ON d.household_id = h.id"
