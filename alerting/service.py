@@ -82,6 +82,8 @@ class Alerting:
                     recorder=self.recorder,
                     publish=lambda topic, payload: self._publish(topic, payload),
                     active=False,
+                    # Outside the device topic root: ingest does not see (or dead-letter) it.
+                    probe_topic=f"gasguard-probe/{settings.client_id}",
                 )
                 self.engine = engine
                 self.session = MqttSession(

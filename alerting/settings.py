@@ -17,6 +17,11 @@ class AlertingSettings(CommonSettings):
     resend_max_interval_s: float = Field(default=60.0, gt=0)
     #: Used only when the valve's model has no close-confirmation timeout in the catalogue.
     default_close_confirm_timeout_s: float = Field(default=30.0, gt=0)
+    #: Close-command timers and the resident's hold are judged against the time up to which alerting has
+    #: read everything the broker had for it (a probe message through the broker measures it), so an alarm
+    #: storm that backs up alerting's inbound queue raises no false "valve did not close"; at most this
+    #: far behind the clock, so a broker outage still escalates.
+    max_inbound_lag_s: float = Field(default=30.0, gt=0)
     #: How long a close command stays worth delivering (NB-IoT devices may sleep for hours).
     command_ttl_s: float = Field(default=6 * 3600.0, gt=0)
     #: The resident's SMS waits for the valve's own "closed" report at most this long, so its text

@@ -6,16 +6,27 @@ import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import MappingProxyType
 
 import asyncpg
 import httpx
 
 from alerting.devicestate import ScopePolicy, sweep
+from alerting.directory import AlarmEntry, Directory, DirectoryKeeper, ValveEntry
+from alerting.engine import Engine
 from alerting.escalation import Contacts, fire_due
 from alerting.recorder import Recorder
-from alerting.records import AlarmRecorded, ResidentSmsDue, SentCommand, ValveReported, apply, batchable
+from alerting.records import (
+    AlarmRecorded,
+    ResidentSmsDue,
+    SentCommand,
+    ValveNotClosed,
+    ValveReported,
+    apply,
+    batchable,
+)
 from alerting.settings import AlertingSettings
-from gasguard.protocol import Channel, Topics
+from gasguard.protocol import Channel, Command, Topics, ValveEvent, ValvePosition, encode
 from gasguard.settings import MqttEndpoint
 from tests.alerting.test_notifier import notifier
 from tests.alerting.test_providers import FullSandbox
@@ -238,3 +249,58 @@ async def test_recorder_keeps_a_households_records_in_order_across_batches(
         "repeat_alarm",
     ]
     assert await db.fetchval("SELECT valve_closed_at FROM incident WHERE household_id = $1", home.id) == now
+
+
+class _Records:
+    """Stands in for the recorder: keeps what the engine submits."""
+
+    def __init__(self) -> None:
+        self.records: list[object] = []
+
+    def submit(self, record: object) -> None:
+        self.records.append(record)
+
+
+def test_a_backed_up_inbound_queue_raises_no_false_valve_not_closed_but_a_silent_valve_still_escalates() -> None:
+    """Command timers are judged at the time up to which the engine has read the broker's queue for it."""
+    now = [0.0]
+    published: list[tuple[str, bytes]] = []
+    records = _Records()
+    keeper = DirectoryKeeper("postgresql://unused", refresh_s=60)
+    keeper.current = Directory(
+        alarms=MappingProxyType({f"A-{n}": AlarmEntry(f"A-{n}", n, (f"V-{n}",), 10.0, 25.0) for n in (1, 2)}),
+        valves=MappingProxyType({f"V-{n}": ValveEntry(f"V-{n}", n, 30.0) for n in (1, 2)}),
+    )
+    topics = Topics("gg-test")
+    engine = Engine(
+        AlertingSettings(resident_sms_hold_s=10.0, max_inbound_lag_s=30.0),
+        topics=topics,
+        directory=keeper,
+        recorder=records,  # type: ignore[arg-type]
+        publish=lambda topic, payload: published.append((topic, payload)),
+        monotonic=lambda: now[0],
+        probe_topic="gasguard-probe/test",
+    )
+    for n in (1, 2):
+        engine.on_message(topics.device(f"A-{n}", Channel.EVENT), alarm())
+    commands = {t: Command.model_validate_json(p) for t, p in published if t.endswith("/cmd")}
+    assert len(commands) == 2
+    for t in (0.1, 5.0, 20.0):  # the probe went out at 0.1 and is stuck behind a backlog
+        now[0] = t
+        engine.tick()
+    assert not [r for r in records.records if isinstance(r, ResidentSmsDue)], "the hold ends on what was read"
+    # The backlog drains: valve 1's closed report (sent in time), then the probe sent at 0.1.
+    cmd_1 = commands[topics.device("V-1", Channel.COMMAND)]
+    closed = ValveEvent(seq=1, ts=datetime.now(UTC), position=ValvePosition.CLOSED, cmd_id=cmd_1.cmd_id)
+    engine.on_message(topics.device("V-1", Channel.EVENT), encode(closed))
+    engine.on_message("gasguard-probe/test", b"20.0")
+    now[0] = 20.5
+    engine.tick()
+    assert [r.household_id for r in records.records if isinstance(r, ResidentSmsDue)] == [2]
+    for t in (40.0, 45.0):  # past valve 2's 30-s deadline by the clock, not by what was read (20.0)
+        now[0] = t
+        engine.tick()
+    assert not [r for r in records.records if isinstance(r, ValveNotClosed)], "judged at the wall clock: false alarm"
+    now[0] = 61.0  # the next probe never came back: at most 30 s behind the clock, valve 2 escalates
+    engine.tick()
+    assert [r.valve_id for r in records.records if isinstance(r, ValveNotClosed)] == ["V-2"]
