@@ -484,6 +484,8 @@ async def _storm(
                 drained["sms"] = now
             if len(drained) == len(targets) + 1:
                 break
+            if int(now / 10) != int((now - STORM_POLL_S) / 10):
+                _LOGGER.info("storm +%.0f s: %s, %d SMS accepted", now, counts, sms_accepted)
             await asyncio.sleep(STORM_POLL_S)
         commanded = await valves.read_message(_RESULT, timeout_s=60)
     confirmed_last = await conn.fetchval(
