@@ -14,6 +14,9 @@ _LOGGER = logging.getLogger(__name__)
 
 _Text = TypeVar("_Text", str, str | None)
 
+# Rows per round trip when the identities are read.
+_IDENTITY_PREFETCH = 2000
+
 IdentityKind = Literal["serial", "imei", "platform_device_id", "modbus", "device_id"]
 
 
@@ -97,13 +100,6 @@ class IdentityIndex:
 
 async def load_identities(conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy) -> IdentityIndex:
     """Read devices and Modbus controllers from the registry."""
-    rows = await conn.fetch(
-        """
-        SELECT d.id, m.kind, d.model_id, d.serial, d.imei, d.platform, d.platform_device_id, d.product_id,
-               d.power_saving, m.heartbeat_s, m.bearer, d.modbus_controller, d.modbus_channel, d.modbus_point
-        FROM device d JOIN device_model m ON m.id = d.model_id
-        """
-    )
     # The driver makes a new string for every row; the few distinct values of the low-cardinality columns
     # (kind, model, platform, ...) are shared instead, which keeps a county's identity map smaller.
     shared: dict[str, str] = {}
@@ -111,26 +107,36 @@ async def load_identities(conn: asyncpg.Connection | asyncpg.pool.PoolConnection
     def one(value: _Text) -> _Text:
         return value if value is None else shared.setdefault(value, value)
 
-    devices = [
-        DeviceIdentity(
-            device_id=r["id"],
-            kind=one(r["kind"]),
-            model_id=one(r["model_id"]),
-            serial=r["serial"],
-            imei=r["imei"],
-            platform=one(r["platform"]),
-            platform_device_id=r["platform_device_id"],
-            product_id=one(r["product_id"]),
-            power_saving=r["power_saving"],
-            heartbeat_s=r["heartbeat_s"],
-            codec=one(r["bearer"]),
-            modbus_controller=one(r["modbus_controller"]),
-            modbus_channel=r["modbus_channel"],
-            modbus_point=one(r["modbus_point"]),
-        )
-        for r in rows
-    ]
-    del rows  # the records are the larger copy; let them go before the index is built
+    # Read through a cursor: holding every record of a county at once would add the records' own copy of
+    # each row to the gateway's peak memory at every reload.
+    devices: list[DeviceIdentity] = []
+    async with conn.transaction(readonly=True):
+        async for r in conn.cursor(
+            """
+            SELECT d.id, m.kind, d.model_id, d.serial, d.imei, d.platform, d.platform_device_id, d.product_id,
+                   d.power_saving, m.heartbeat_s, m.bearer, d.modbus_controller, d.modbus_channel, d.modbus_point
+            FROM device d JOIN device_model m ON m.id = d.model_id
+            """,
+            prefetch=_IDENTITY_PREFETCH,
+        ):
+            devices.append(
+                DeviceIdentity(
+                    device_id=r["id"],
+                    kind=one(r["kind"]),
+                    model_id=one(r["model_id"]),
+                    serial=r["serial"],
+                    imei=r["imei"],
+                    platform=one(r["platform"]),
+                    platform_device_id=r["platform_device_id"],
+                    product_id=one(r["product_id"]),
+                    power_saving=r["power_saving"],
+                    heartbeat_s=r["heartbeat_s"],
+                    codec=one(r["bearer"]),
+                    modbus_controller=one(r["modbus_controller"]),
+                    modbus_channel=r["modbus_channel"],
+                    modbus_point=one(r["modbus_point"]),
+                )
+            )
     controllers = [
         ControllerConfig(
             id=r["id"],
