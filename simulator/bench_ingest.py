@@ -471,11 +471,11 @@ def render(report: Report) -> str:
         ),
         (
             f"ingest, 1 worker, gateway bridging {gateway.pushes:,} CTWing pushes",
-            format_rate(gw_run.rows_per_s),
+            f"{format_rate(gw_run.rows_per_s)} (ends with the last push)",
             format_rate(gw_run.publish_rate),
             f"{gw_run.rows:,}/{gw_run.messages:,}",
             f"{gw_run.distinct:,}",
-            of_bare(gw_run),
+            "—",
             f"{rss(bridged_worker)}; gateway {gateway.idle_rss_mb:.0f} MB idle, {gateway.rss_mb:.0f} after"
             f" (peak {gateway.peak_rss_mb:.0f})",
         ),
@@ -523,8 +523,10 @@ def render(report: Report) -> str:
         f" and the workers share the CPUs ({scaling}); with cores to spare each"
         " worker adds up to its own single-worker rate until Mosquitto's single thread (the bare rate above) is"
         " the ceiling, and beyond that a clustered broker with shared subscriptions.\n"
-        f"- Gateway: {gateway.pushes:,} pushes at {format_rate(gateway.push_rate)} over HTTP, every one stored once"
-        " as telemetry by ingest (counted in *stored / sent*).\n"
+        f"- Gateway: {gateway.pushes:,} pushes at {format_rate(gateway.push_rate)} over HTTP"
+        f" ({_PUSH_CONCURRENCY} concurrent, from the driver process), every one stored once as telemetry by ingest"
+        " (counted in *stored / sent*). The run's rate ends with the last push, so it measures the pushes, not"
+        " ingest; this run is for the gateway's memory and the end-to-end count.\n"
         f"- Memory with {known:,} devices known: ingest {bridged_worker.rss_mb:.0f} MB + gateway"
         f" {gateway.rss_mb:.0f} MB = {together:.0f} MB RSS after the stream (≈ {per_10k:.0f} MB per 10,000 devices,"
         f" interpreters included); peaks {bridged_worker.peak_rss_mb:.0f} + {gateway.peak_rss_mb:.0f} ="
