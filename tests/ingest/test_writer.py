@@ -65,3 +65,25 @@ async def test_unreachable_database_raises_unavailable_and_recovers(database_url
         await healthy.ping()
     finally:
         await healthy.close()
+
+
+async def test_direct_and_staged_paths_alternate_without_losing_or_doubling(
+    database_url: str, db: asyncpg.Connection
+) -> None:
+    """Test clean batches (direct COPY) between batches with repeats (staged path), rows and counts exact."""
+    writer = DatabaseWriter(database_url)
+    try:
+        clean = await writer.write(Rows(telemetry=[reading(i) for i in range(10)]))
+        repeat = await writer.write(Rows(telemetry=[reading(i) for i in range(5, 15)]))
+        after_repeat = await writer.write(Rows(telemetry=[reading(i) for i in range(15, 20)]))
+        clean_again = await writer.write(Rows(telemetry=[reading(i) for i in range(20, 25)]))
+        bad = await writer.write(Rows(telemetry=[reading(25), reading(26, battery=40_000), reading(27)]))
+    finally:
+        await writer.close()
+    assert (clean.telemetry, clean.duplicates) == (10, 0)
+    assert (repeat.telemetry, repeat.duplicates) == (5, 5)
+    assert (after_repeat.telemetry, after_repeat.duplicates) == (5, 0)
+    assert (clean_again.telemetry, clean_again.duplicates) == (5, 0)
+    assert (bad.telemetry, bad.rejected, bad.dead_letters) == (2, 1, 1)
+    stored = [r["seq"] for r in await db.fetch("SELECT seq FROM telemetry ORDER BY seq")]
+    assert stored == [i for i in range(28) if i != 26]
