@@ -255,21 +255,22 @@ async def test_lost_listen_connection_resyncs_and_recovers(
     async with _client(base_url, "zhiban") as api, api.stream("GET", "/ui/api/events") as response:
         events = _events(response)
         await _next(events, "hello")
-        killed = await db.fetchval(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-            " WHERE application_name = $1 AND datname = current_database()",
+        listener = await db.fetchval(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND datname = current_database()",
             APPLICATION_NAME,
         )
-        assert killed == 1
+        assert await db.fetchval("SELECT pg_terminate_backend($1)", listener)
         await _next(events, "resync")
 
         async def listening_again() -> bool:
             return bool(
                 await db.fetchval(
-                    # The first statement of the new connection is its LISTEN.
+                    # Another backend than the one killed (which may linger a moment), past its first
+                    # statement, which is its LISTEN.
                     "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1"
-                    " AND datname = current_database() AND query <> '' AND state = 'idle'",
+                    " AND datname = current_database() AND pid <> $2 AND query <> '' AND state = 'idle'",
                     APPLICATION_NAME,
+                    listener,
                 )
             )
 

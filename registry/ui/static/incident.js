@@ -84,6 +84,10 @@ function renderFacts(incident, context) {
 }
 
 function renderTimeline(incident) {
+  if (!incident.timeline.length) {
+    document.getElementById("timeline").replaceChildren(el("li", { class: "muted" }, "暂无记录"));
+    return;
+  }
   document.getElementById("timeline").replaceChildren(...incident.timeline.map((entry) =>
     el("li", { dataset: { type: entry.type } },
       el("span", { class: "when" }, fmtTime(entry.at)),
