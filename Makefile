@@ -21,11 +21,13 @@ demo: $(STAMP)
 test: $(STAMP) services
 	$(BIN)/pytest
 
-## Measure latency and throughput; writes docs/benchmarks.md, benchmarks-ingest.md, benchmarks-registry.md.
+## Measure latency, throughput and memory; writes docs/benchmarks.md and the benchmarks-*.md it links.
 bench: $(STAMP) services
 	$(BIN)/python -m simulator.bench
+	$(BIN)/python -m simulator.bench_alerting
 	$(BIN)/python -m simulator.bench_ingest
 	$(BIN)/python -m simulator.bench_registry
+	$(BIN)/python -m simulator.bench_ui
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
