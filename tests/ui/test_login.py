@@ -88,3 +88,14 @@ async def test_community_user_cannot_open_another_communitys_household(
     await page.goto(f"{ui_server}/ui/incident?id={incident_id}")
     await expect(page.locator("#incident-error")).to_contain_text("无权限")
     await expect(page.locator("#incident-facts")).to_have_count(0)
+
+
+async def test_board_refuses_a_role_without_alarm_duties(page: Page, ui_server: str, db: asyncpg.Connection) -> None:
+    """The housing bureau lands on progress; opened by hand, the board says it may not be watched."""
+    password = await create_user(db, "zhujian", "housing_bureau")
+    await login(page, ui_server, "zhujian", password)
+    assert page.url == f"{ui_server}/ui/progress"
+    await page.goto(f"{ui_server}/ui/board")
+    await page.wait_for_selector('body[data-ready="1"]')
+    await expect(page.locator("#board-error")).to_have_text("您的角色无权查看报警看板")
+    await expect(page.locator("#nav .links a")).not_to_contain_text(["报警看板"])

@@ -185,6 +185,8 @@ function queue(id) {
   flushTimer ??= setTimeout(flush, 80);
 }
 
+let stopped = false; // a role that may not watch the board: no reconnecting
+
 function connect() {
   const source = new EventSource("/ui/api/events");
   source.addEventListener("hello", () => {
@@ -205,16 +207,17 @@ function connect() {
   source.addEventListener("error", async () => {
     liveStatus.textContent = "连接中断，正在重连…";
     liveStatus.className = "badge st-bad";
-    if (source.readyState === EventSource.CLOSED) {
+    if (source.readyState === EventSource.CLOSED && !stopped) {
       // The server refused the stream (session over, or the database away): check, then retry.
       try {
         await api("/auth/me");
       } catch {
         return; // api() already went to the login page on 401
       }
-      setTimeout(connect, 3000);
+      if (!stopped) setTimeout(connect, 3000);
     }
   });
+  return source;
 }
 
 function select(id, scroll = true) {
@@ -274,14 +277,16 @@ setInterval(() => {
   for (const cell of tbody.querySelectorAll("td.ago")) cell.textContent = fmtAgo(cell.dataset.since, now);
 }, 1000);
 
+// The stream opens while the header loads: the board's first data waits only for the stream's hello.
+const stream = connect();
 try {
   const user = await mountNav("board");
   mayAct = user.role === "admin" || user.role === "duty_operator";
   if (!["admin", "duty_operator", "emergency_management", "community_staff"].includes(user.role)) {
+    stopped = true;
+    stream.close();
     showError("您的角色无权查看报警看板");
     markReady();
-  } else {
-    connect();
   }
 } catch (err) {
   if (!(err instanceof ApiError && err.status === 401)) showError(errorText(err));
