@@ -92,6 +92,7 @@ class Alerting:
                     subscriptions=engine.subscriptions(),
                     handler=engine.handle,
                     persistent=True,
+                    receive_maximum=settings.receive_maximum,
                 )
                 async with self.session:
                     tg.create_task(engine.timer_loop(), name="alerting.timer_loop")

@@ -104,6 +104,8 @@ _LOGGER = logging.getLogger("simulator.bench_alerting")
 
 DEFAULT_OUTPUT = PROJECT_ROOT / "docs" / "benchmarks-alerting.md"
 _LEL = 35.0
+#: Households in issue 5's alarm storm.
+ISSUE_STORM = 36_000
 #: How often the driver counts what the database holds during the storm.
 STORM_POLL_S = 0.5
 
@@ -236,7 +238,7 @@ class Options:
     """What to run, and how much of it."""
 
     devices: int = 80_000
-    storm: int = 36_000
+    storm: int = ISSUE_STORM
     storm_window_s: float = 10.0
     alarms: int = 1000
     warmup: int = 50
@@ -768,8 +770,28 @@ def render_report(report: AlertingReport) -> str:
             ],
         ),
         "",
+        *(
+            [
+                f"**The publishers reached {format_rate(load.publish_rate)}, not the {format_rate(load.target_rate)}"
+                " target**: on this machine (2 cores shared with the broker, the subscriber, alerting, the driver"
+                " and other work) they could not publish faster; the latency under load is under that lighter load.",
+                "",
+            ]
+            if load.publish_rate < 0.95 * load.target_rate
+            else []
+        ),
         "## 2. Alarm storm",
         "",
+        *(
+            [
+                f"**This run's storm is {storm.households:,} households, not issue 5's 36,000**"
+                " (`--storm 36000` is the default): the acceptance figures for the full storm are not in this"
+                " report.",
+                "",
+            ]
+            if storm.households < ISSUE_STORM
+            else []
+        ),
         f"{storm.households:,} households alarm within {storm.published_in_s:.1f} s (a separate process publishes"
         " one `high_alarm` per household, evenly spread). A separate process plays their valves: it answers"
         " every `close` at once and counts the valves commanded. Times are from the first alarm published; the"
