@@ -716,7 +716,7 @@ def render_report(report: AlertingReport) -> str:
                 ["Kernel / Python", f"{m.kernel} / {m.python}"],
                 ["Mosquitto", f"{m.mosquitto}, `deploy/mosquitto/mosquitto.conf` on its own port"],
                 ["PostgreSQL", m.postgresql],
-                ["GasGuard code", f"commit {m.code}"],
+                ["GasGuard code", m.code],
                 [
                     "Load average (1/5/15 min)",
                     f"{'/'.join(f'{x:.2f}' for x in m.load_before)} before the run,"
