@@ -165,7 +165,7 @@ class CommandName(enum.StrEnum):
 class _Message(BaseModel):
     """Common base: immutable, strict about unknown fields, versioned."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     v: Literal[1] = 1
 
@@ -173,7 +173,7 @@ class _Message(BaseModel):
 class Power(BaseModel):
     """Power supply status."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     source: PowerSource
     battery_pct: Annotated[int, Field(ge=0, le=100)] | None = None
@@ -183,7 +183,7 @@ class Power(BaseModel):
 class Radio(BaseModel):
     """Radio quality, as much of it as the bearer reports."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     rssi: int | None = None
     rsrp: int | None = None

@@ -74,6 +74,10 @@ def test_payloads_round_trip_and_dispatch_on_kind() -> None:
         b'{"v":1,"ts":"2026-11-29T08:42:00Z","kind":"alarm","lel":130,"state":"normal"}',
         b'{"v":1,"ts":"2026-11-29T08:42:00Z","kind":"alarm","lel":1,"state":"burning"}',
         b'{"v":1,"ts":"2026-11-29T08:42:00Z","kind":"alarm","lel":1,"state":"normal","extra":1}',
+        b'{"v":1,"ts":"2026-11-29T08:42:00Z","kind":"alarm","lel":NaN,"state":"normal"}',
+        # A non-finite number anywhere is refused, not stored.
+        b'{"v":1,"ts":"2026-11-29T08:42:00Z","kind":"alarm","lel":1,"state":"normal","radio":{"snr":NaN}}',
+        b'{"v":1,"ts":"2026-11-29T08:42:00Z","kind":"alarm","lel":1,"state":"normal","radio":{"snr":Infinity}}',
     ],
 )
 def test_malformed_telemetry_is_refused(payload: bytes) -> None:
