@@ -390,11 +390,16 @@ def _household_health(r: asyncpg.Record) -> HouseholdHealth:
     )
 
 
-async def building_exists(conn: Conn, *, community_code: str, building: str) -> bool:
-    """Whether the community has any household in ``building`` (whoever may see it)."""
-    found: bool = await conn.fetchval(
-        "SELECT EXISTS (SELECT 1 FROM household WHERE community_code = $1 AND building = $2)", community_code, building
-    )
+async def building_exists(conn: Conn, *, scope: Scope | None, community_code: str, building: str) -> bool:
+    """Whether the community has a household in ``building`` that ``scope`` may see.
+
+    Scoped, so that asking for a building names no building outside the caller's scope (a duty operator
+    learns nothing of another supplier's buildings).
+    """
+    where = _scoped_where(scope)
+    where.add("h.community_code = {}", community_code)
+    where.add("h.building = {}", building)
+    found: bool = await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM household h {where.sql()})", *where.args)
     return found
 
 

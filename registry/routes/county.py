@@ -357,7 +357,9 @@ async def read_building_households(
     after = _HOUSEHOLD_CURSOR.decode(cursor)
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         place = await _community_place(conn, community_code)
-        if not await county.building_exists(conn, community_code=community_code, building=building):
+        if not await county.building_exists(
+            conn, scope=scope_for(user), community_code=community_code, building=building
+        ):
             raise HTTPException(
                 status.HTTP_404_NOT_FOUND, detail=f"no household in building {building!r} of community {community_code}"
             )

@@ -317,8 +317,10 @@ async def test_roles_are_scoped(api: Api) -> None:
     assert (lpg["households"], lpg["lpg"], lpg["ng"], lpg["monitored"]) == (3, 3, 0, 0)
     ng = (await api.get("op_ng", "/county/health")).json()["totals"]["counts"]
     assert (ng["households"], ng["ng"], ng["lpg"], ng["monitored"]) == (8, 8, 0, 3)
-    rooms = await api.get("op_lpg", f"/county/communities/{COMMUNITY}/buildings/1号楼/households")
-    assert rooms.status_code == 200 and rooms.json()["items"] == []  # 1号楼 has only NG households
+    # 1号楼 has only NG households: to the LPG supplier's operator it is as unknown as a building that does not exist.
+    hidden = await api.get("op_lpg", f"/county/communities/{COMMUNITY}/buildings/1号楼/households")
+    missing = await api.get("op_lpg", f"/county/communities/{COMMUNITY}/buildings/99号楼/households")
+    assert hidden.status_code == missing.status_code == 404
     assert (
         len((await api.get("op_lpg", f"/county/communities/{COMMUNITY}/buildings/2号楼/households")).json()["items"])
         == 2
