@@ -95,6 +95,8 @@ class Engine:
         self._probe_sent_at: float | None = None
         #: Everything the broker had for this engine up to this monotonic time has been handled.
         self.caught_up_to = self._monotonic()
+        #: When the last message of any kind arrived: a backlog still flowing in is not an outage.
+        self._last_inbound = self.caught_up_to
         self.alarms_handled = 0
         self.commands_sent = 0
 
@@ -114,6 +116,7 @@ class Engine:
 
     def on_message(self, topic: str, payload: bytes) -> None:
         """Dispatch one message; synchronous so nothing can interleave within the alarm path."""
+        self._last_inbound = self._monotonic()
         if topic == self._probe_topic:
             with contextlib.suppress(ValueError):
                 self.caught_up_to = max(self.caught_up_to, float(payload))
@@ -366,14 +369,18 @@ class Engine:
         """The time the command timers and text holds are judged at: up to where the inbound stream was read.
 
         In an alarm storm the valves' replies queue at the broker behind thousands of other messages; a
-        timer judged at the wall clock would call valves that closed in time "not closed" (measured: 27,873
-        false escalations in a 36,000-household storm). Judged at the time up to which everything the broker
-        had for us has been handled, a timer fires only when the report truly is missing; never later than
-        ``max_inbound_lag_s`` behind the clock, so a broker outage still escalates.
+        timer judged at the wall clock calls valves that closed in time "not closed" (measured: 27,873
+        false escalations in a 36,000-household storm). Judged at the time up to which everything the
+        broker had for us has been handled, a timer fires only when the report truly is missing. While
+        messages keep arriving (a backlog being worked through) that wait is bounded by ``max_backlog_s``;
+        when nothing arrives at all (the broker or the connection is gone) by ``max_inbound_lag_s``, so an
+        outage still escalates soon.
         """
         if self._probe_topic is None:
             return now
-        return min(now, max(self.caught_up_to, now - self._settings.max_inbound_lag_s))
+        flowing = now - self._last_inbound < self._settings.max_inbound_lag_s
+        bound = self._settings.max_backlog_s if flowing else self._settings.max_inbound_lag_s
+        return min(now, max(self.caught_up_to, now - bound))
 
     def _probe(self, now: float) -> None:
         """Send the next inbound-lag probe once the last one is back (or seems lost)."""

@@ -27,6 +27,9 @@ class AlertingSettings(CommonSettings):
     #: storm that backs up alerting's inbound queue raises no false "valve did not close"; at most this
     #: far behind the clock, so a broker outage still escalates.
     max_inbound_lag_s: float = Field(default=30.0, gt=0)
+    #: ... but while messages keep arriving (a storm's backlog being worked through, not an outage), up to
+    #: this far behind.
+    max_backlog_s: float = Field(default=600.0, gt=0)
     #: How long a close command stays worth delivering (NB-IoT devices may sleep for hours).
     command_ttl_s: float = Field(default=6 * 3600.0, gt=0)
     #: The resident's SMS waits for the valve's own "closed" report at most this long, so its text

@@ -26,7 +26,7 @@ from alerting.records import (
     batchable,
 )
 from alerting.settings import AlertingSettings
-from gasguard.protocol import Channel, Command, Topics, ValveEvent, ValvePosition, encode
+from gasguard.protocol import AlarmState, Channel, Command, Topics, ValveEvent, ValvePosition, encode
 from gasguard.settings import MqttEndpoint
 from tests.alerting.test_notifier import notifier
 from tests.alerting.test_providers import FullSandbox
@@ -304,3 +304,33 @@ def test_a_backed_up_inbound_queue_raises_no_false_valve_not_closed_but_a_silent
     now[0] = 61.0  # the next probe never came back: at most 30 s behind the clock, valve 2 escalates
     engine.tick()
     assert [r.valve_id for r in records.records if isinstance(r, ValveNotClosed)] == ["V-2"]
+
+
+def test_while_a_backlog_is_still_flowing_in_timers_wait_for_it_longer() -> None:
+    now = [0.0]
+    published: list[tuple[str, bytes]] = []
+    records = _Records()
+    keeper = DirectoryKeeper("postgresql://unused", refresh_s=60)
+    keeper.current = Directory(
+        alarms=MappingProxyType({"A-1": AlarmEntry("A-1", 1, ("V-1",), 10.0, 25.0)}),
+        valves=MappingProxyType({"V-1": ValveEntry("V-1", 1, 30.0)}),
+    )
+    topics = Topics("gg-test")
+    engine = Engine(
+        AlertingSettings(max_inbound_lag_s=30.0, max_backlog_s=600.0),
+        topics=topics,
+        directory=keeper,
+        recorder=records,  # type: ignore[arg-type]
+        publish=lambda topic, payload: published.append((topic, payload)),
+        monotonic=lambda: now[0],
+        probe_topic="gasguard-probe/test",
+    )
+    engine.on_message(topics.device("A-1", Channel.EVENT), alarm())
+    for t in range(1, 300, 5):  # other households' old messages keep arriving; the probe is not back yet
+        now[0] = float(t)
+        engine.on_message(topics.device("A-2", Channel.EVENT), alarm(AlarmState.SELF_TEST))
+        engine.tick()
+    assert not [r for r in records.records if isinstance(r, ValveNotClosed)]
+    now[0] = 700.0  # nothing arrives any more: judged at most 30 s behind the clock
+    engine.tick()
+    assert [r.valve_id for r in records.records if isinstance(r, ValveNotClosed)] == ["V-1"]
