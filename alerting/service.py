@@ -30,7 +30,7 @@ from alerting.notifier import NotificationSettings, Notifier
 from alerting.recorder import TRANSIENT_DB_ERRORS, Recorder
 from alerting.settings import AlertingSettings
 from gasguard.db import connect
-from gasguard.mqtt import MqttSession
+from gasguard.mqtt import MqttSession, probe_topic
 from gasguard.protocol import Topics
 
 _LOGGER = logging.getLogger(__name__)
@@ -82,8 +82,7 @@ class Alerting:
                     recorder=self.recorder,
                     publish=lambda topic, payload: self._publish(topic, payload),
                     active=False,
-                    # Outside the device topic root: ingest does not see (or dead-letter) it.
-                    probe_topic=f"gasguard-probe/{settings.client_id}",
+                    probe_topic=probe_topic(settings.client_id),
                 )
                 self.engine = engine
                 self.session = MqttSession(

@@ -28,6 +28,17 @@ from gasguard.settings import MqttEndpoint
 
 _LOGGER = logging.getLogger(__name__)
 
+#: Root of the topics a service sends to itself to learn how far it has read its own inbound queue. It lies
+#: outside every device topic root, so ingest neither stores nor dead-letters it; the generated broker ACL
+#: (`gateway.broker_config`) lets the service users use it.
+PROBE_TOPIC_ROOT = "gasguard-probe"
+
+
+def probe_topic(client_id: str) -> str:
+    """The probe topic of the MQTT client ``client_id``."""
+    return f"{PROBE_TOPIC_ROOT}/{client_id}"
+
+
 MessageHandler = Callable[[str, bytes], Awaitable[None]]
 
 _UNLIMITED = -1

@@ -131,7 +131,8 @@ GROUP BY t.code, t.name, c.code, c.name, i.kind, i.severity
 ORDER BY t.code NULLS LAST, c.code NULLS LAST, i.kind, i.severity
 """
 
-# Escalated: past the first escalation step, or a kind that goes straight to emergency management.
+# Escalated: past the first escalation step, or what goes straight to emergency management (a valve that did not
+# close, a cluster of alarms, a whole community or gateway gone silent).
 _OVERVIEW_ESCALATED = """
 SELECT i.id, i.kind, i.severity, i.state, t.name AS town_name, c.code AS community_code,
        c.name AS community_name, h.building, i.opened_at, coalesce(e.steps_fired, 0) AS escalation_steps_fired,
@@ -142,7 +143,8 @@ LEFT JOIN community c ON c.code = coalesce(h.community_code, i.community_code)
 LEFT JOIN town t ON t.code = c.town_code
 LEFT JOIN escalation e ON e.incident_id = i.id
 WHERE i.state <> 'CLOSED'
-  AND (coalesce(e.steps_fired, 0) >= 2 OR i.kind IN ('valve_not_closed', 'cluster'))
+  AND (coalesce(e.steps_fired, 0) >= 2 OR i.kind IN ('valve_not_closed', 'cluster')
+       OR (i.kind = 'offline' AND i.household_id IS NULL))
 ORDER BY i.opened_at, i.id
 LIMIT 500
 """

@@ -13,7 +13,7 @@ import asyncpg
 import gmqtt
 import pytest
 
-from gasguard.mqtt import MqttSession
+from gasguard.mqtt import MqttSession, probe_topic
 from gasguard.protocol import Channel, Topics
 from gasguard.settings import MqttEndpoint
 from gateway.broker_config import device_password, generate, mosquitto_hash, registry_device_ids
@@ -76,7 +76,8 @@ async def test_device_confined_to_its_own_topics(db: asyncpg.Connection, tmp_pat
         async def on_v2(topic: str, payload: bytes) -> None:
             v2_seen.append(topic)
 
-        service = await session(broker_port, "svc-alerting", "p-alerting", [("gg/#", 1)], on_service)
+        probe = probe_topic("svc-alerting")
+        service = await session(broker_port, "svc-alerting", "p-alerting", [("gg/#", 1), (probe, 1)], on_service)
         v1 = await session(broker_port, "V-1", device_password(SECRET, "V-1"), [], on_service)
         # V-2 tries to read V-1's commands as well as its own.
         v2 = await session(
@@ -93,10 +94,13 @@ async def test_device_confined_to_its_own_topics(db: asyncpg.Connection, tmp_pat
             v1.publish(topics.device("V-2", Channel.COMMAND), b"forged-command")
             service.publish(topics.device("V-1", Channel.COMMAND), b"close V-1")
             service.publish(topics.device("V-2", Channel.COMMAND), b"close V-2")
+            service.publish(probe, b"1.0")
+            v1.publish(probe, b"forged probe")
             await asyncio.sleep(1.0)
         assert topics.device("V-1", Channel.EVENT) in seen, "a device may publish under its own prefix"
         assert topics.device("V-2", Channel.EVENT) not in seen, "a device may not publish as another device"
         assert v2_seen == [topics.device("V-2", Channel.COMMAND)], "a device reads only its own commands"
+        assert seen.count(probe) == 1, "a service round-trips its probe; a device may not publish one"
 
         # A wrong password is refused outright.
         client = gmqtt.Client(f"bad-{uuid.uuid4().hex[:6]}")

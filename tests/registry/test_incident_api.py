@@ -199,15 +199,20 @@ async def test_emergency_management_view_has_no_phone_numbers(desk: Desk) -> Non
         desk.incident,
         silent,
     )
+    # A whole community gone silent reaches emergency management at once, before any escalation step.
+    await desk.db.execute(
+        "INSERT INTO incident (household_id, scope, community_code, kind, severity, alarm_received_at)"
+        " SELECT NULL, 'offline:community:' || code, code, 'offline', 'critical', now() FROM community LIMIT 1"
+    )
     overview = await desk.client.get("/incidents/overview", headers=desk.em)
     assert overview.status_code == 200
     body = overview.json()
-    assert body["active_total"] == 3
+    assert body["active_total"] == 4
     escalated = {item["kind"]: item for item in body["escalated"]}
-    assert set(escalated) == {"gas_alarm", "valve_not_closed"}
+    assert set(escalated) == {"gas_alarm", "valve_not_closed", "offline"}
     assert escalated["gas_alarm"]["id"] == desk.incident and escalated["gas_alarm"]["escalation_steps_fired"] == 2
     assert escalated["gas_alarm"]["community_name"] == "文苑社区"
-    assert sum(row["count"] for row in body["by_community"]) == 3
+    assert sum(row["count"] for row in body["by_community"]) == 4
     detail = await desk.client.get(f"/incidents/{silent}", headers=desk.em)
     assert detail.status_code == 200
     assert detail.json()["notifications"] == []
