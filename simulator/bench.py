@@ -1794,7 +1794,9 @@ def render_report(report: BenchReport) -> str:
         " (roster import and API latency on 40,000 households: [benchmarks-registry.md](benchmarks-registry.md))."
         " Issue 5's alerting benchmarks — alarm → close beside a 10,000 msg/s telemetry load, a 36,000-household"
         " alarm storm drained stage by stage, and alerting's memory with the 80,000-device directory — are"
-        " `python -m simulator.bench_alerting`: [benchmarks-alerting.md](benchmarks-alerting.md)."
+        " `python -m simulator.bench_alerting`: [benchmarks-alerting.md](benchmarks-alerting.md). The control room's"
+        " load times in Chromium on 40,000 households (board and county view) are `python -m simulator.bench_ui`:"
+        " [benchmarks-ui.md](benchmarks-ui.md)."
     )
     sections.append(
         "## Machine\n\n"
