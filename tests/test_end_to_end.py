@@ -7,95 +7,24 @@ own database connections); only the SMS provider is a local HTTP server speaking
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 
-from alerting.service import Alerting
-from alerting.settings import AlertingSettings
 from gasguard.protocol import Topics, ValvePosition
-from gasguard.settings import MqttEndpoint
-from ingest.service import Ingest
-from ingest.settings import IngestSettings
 from registry.demo_county import seed_demo_county
-from simulator.fleet import Fleet
 from simulator.loader import load_households
+from tests.support.stack import stack, wait_for
 from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.slow
 
 
-@dataclass
-class Stack:
-    alerting: Alerting
-    ingest: Ingest
-    fleet: Fleet
-
-
 def through_proxy(dsn: str, port: int) -> str:
     parts = urlsplit(dsn)
     return urlunsplit(parts._replace(netloc=f"{parts.username}@127.0.0.1:{port}"))
-
-
-@contextlib.asynccontextmanager
-async def stack(
-    *,
-    dsn: str,
-    mqtt_url: str,
-    topics: Topics,
-    sms,
-    spool: Path,
-    households: list,
-    telemetry_period_s: float | None,
-) -> AsyncIterator[Stack]:
-    common = {"database_url": dsn, "mqtt_url": mqtt_url, "topic_root": topics.root}
-    tag = uuid.uuid4().hex[:8]
-    alerting = Alerting(
-        AlertingSettings(
-            **common,
-            client_id=f"alerting-{tag}",
-            sms_endpoint=sms.url,
-            sms_access_key_id=sms.key_id,
-            sms_access_key_secret=sms.key_secret,
-            spool_dir=str(spool / "alerting"),
-        )
-    )
-    ingest = Ingest(IngestSettings(**common, client_id=f"ingest-{tag}", spool_dir=str(spool / "ingest")))
-    ingest_ready = asyncio.Event()
-    tasks = [asyncio.create_task(alerting.run()), asyncio.create_task(ingest.run(ready=ingest_ready))]
-    try:
-        await asyncio.wait_for(asyncio.gather(alerting.ready.wait(), ingest_ready.wait()), 20)
-        fleet = Fleet(
-            MqttEndpoint.from_url(mqtt_url),
-            topics,
-            households=households,
-            sim_id=f"sim-{tag}",
-            telemetry_period_s=telemetry_period_s,
-            valve_close_s=0.2,
-        )
-        async with fleet:
-            yield Stack(alerting=alerting, ingest=ingest, fleet=fleet)
-    finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-
-async def eventually(predicate, timeout: float = 20.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await predicate():
-        if loop.time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.1)
 
 
 async def seeded(db: asyncpg.Connection, count: int) -> list:
@@ -123,7 +52,7 @@ async def test_leak_closes_that_valve_and_texts_that_resident(
         async def texted() -> bool:
             return len(sms_sandbox.platform.received) == 1
 
-        await eventually(texted)
+        await wait_for(texted)
         positions = s.fleet.valve_positions()
 
     assert positions[victim.valve_id] is ValvePosition.CLOSED
@@ -186,19 +115,19 @@ async def test_database_outage_loses_no_alarm_and_no_telemetry(
             async def spooled() -> bool:
                 return s.ingest.stats().rows_spooled > 0
 
-            await eventually(spooled)
+            await wait_for(spooled)
             await proxy.restore()
             sent_telemetry += s.fleet.publish_telemetry_round()
 
             async def texted() -> bool:
                 return len(sms_sandbox.platform.received) == 1
 
-            await eventually(texted, timeout=30)
+            await wait_for(texted, timeout=30)
 
             async def all_telemetry_stored() -> bool:
                 return await db.fetchval("SELECT count(*) FROM telemetry") >= sent_telemetry
 
-            await eventually(all_telemetry_stored, timeout=30)
+            await wait_for(all_telemetry_stored, timeout=30)
 
     assert await db.fetchval("SELECT count(*) FROM telemetry") == sent_telemetry, "no loss and no duplicates"
     incident = await db.fetchrow("SELECT * FROM incident WHERE kind = 'gas_alarm'")
