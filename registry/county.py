@@ -6,7 +6,7 @@ PostgreSQL, so 40,000 households never leave the database; the household list of
 Definitions (the registry's, `registry.queries`; the county view adds only the alarm's liveness):
 
 - *unprotected*: any fitted device past its service life, or the programme's kit not in place (NG: an
-  alarm linked to a shut-off valve in the same household; LPG: a regulator and a hose) — ``_UNPROTECTED``.
+  alarm linked to a shut-off valve in the same household; LPG: a regulator and a hose) — ``UNPROTECTED_SQL``.
 - *monitored*: an NG household that is not unprotected (so its alarm is linked to a valve and nothing
   has expired) whose linked alarm is *online*: alerting's health sweep last saw it within
   ``offline_factor`` × its model heartbeat (1.5× by default) and it reports neither a fault nor end of
@@ -31,9 +31,8 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
-# The registry's definitions and its scope filter, reused rather than re-derived (private names: see the lead's
-# note in the report; queries.py belongs to the registry area).
-from registry.queries import _MONITORED, _UNPROTECTED, CHINA_TODAY_SQL, Conn, _Where
+# The registry's definitions and its scope filter, reused rather than re-derived.
+from registry.queries import CHINA_TODAY_SQL, MONITORED_SQL, UNPROTECTED_SQL, Conn, Where
 
 if TYPE_CHECKING:
     from registry.auth import Scope
@@ -49,7 +48,7 @@ _ONLINE_SQL = """(s.status IN ('normal', 'alarm')
                   AND s.last_seen_at >= now() - make_interval(secs => am.heartbeat_s * am.offline_factor))"""
 
 
-def _flags_sql(where: _Where) -> str:
+def _flags_sql(where: Where) -> str:
     """A ``flags`` CTE: one row per household matching ``where`` (alias ``h``) with its protection flags.
 
     Devices are read only for the households in ``where`` (joined to ``household h`` again in each part, so
@@ -173,8 +172,8 @@ class CountyHealth:
     towns: tuple[TownHealth, ...]
 
 
-def _scoped_where(scope: Scope | None) -> _Where:
-    where = _Where()
+def _scoped_where(scope: Scope | None) -> Where:
+    where = Where()
     where.scope(scope)
     return where
 
@@ -188,7 +187,7 @@ async def _alarm_days(conn: Conn) -> tuple[datetime, tuple[date, ...]]:
     return row["now"], tuple(row["days"])
 
 
-async def _alarms_per_community(conn: Conn, where: _Where) -> dict[str, dict[date, int]]:
+async def _alarms_per_community(conn: Conn, where: Where) -> dict[str, dict[date, int]]:
     """Gas alarms per community and China Standard Time day, within the caller's scope."""
     where.add(f"i.kind = 'gas_alarm' AND i.alarm_received_at >= {_ALARM_SINCE_SQL}")
     rows = await conn.fetch(
@@ -334,7 +333,7 @@ async def list_building_households(
     rows = await conn.fetch(
         f"""
         SELECT h.id, h.building, h.unit, h.room, h.gas_type,
-               {_MONITORED} AS linked, {_UNPROTECTED} AS unprotected,
+               {MONITORED_SQL} AS linked, {UNPROTECTED_SQL} AS unprotected,
                EXISTS (SELECT 1 FROM device d JOIN device_model m ON m.id = d.model_id
                        WHERE d.household_id = h.id AND d.installed_on IS NOT NULL
                          AND (d.installed_on + make_interval(years => m.service_life_years))::date

@@ -22,7 +22,7 @@ from registry.rosters import due_date
 
 _LOGGER = logging.getLogger(__name__)
 
-# The rules of `registry.queries` (_UNPROTECTED, _MONITORED; expired = past service life), evaluated set-wise:
+# The rules of `registry.queries` (UNPROTECTED_SQL, MONITORED_SQL; expired = past service life), evaluated set-wise:
 # one pass over devices, links and slips instead of correlated sub-queries per household (40,000 households:
 # about 0.25 s instead of 4 s here). test_progress checks both forms agree.
 PROGRESS_SQL = f"""

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 Conn: TypeAlias = asyncpg.Connection | PoolConnectionProxy
 
 
-class _Where:
+class Where:
     """Collects ``AND``-ed conditions and their bind parameters."""
 
     def __init__(self) -> None:
@@ -69,7 +69,7 @@ _PLACE_JOINS = """
 
 # Monitored = an NG household with an alarm linked to a shut-off valve, both installed in it.
 # LPG households are never monitored: their kit has no electronics (domain requirement 28).
-_MONITORED = """
+MONITORED_SQL = """
     (h.gas_type = 'NG' AND EXISTS (
         SELECT 1
         FROM alarm_valve_link l
@@ -86,12 +86,12 @@ CHINA_TODAY_SQL = "(now() AT TIME ZONE 'Asia/Shanghai')::date"
 
 # Unprotected: any fitted device past its service life, or the programme's kit not in place
 # (NG: alarm linked to a shut-off valve; LPG: a regulator and a hose).
-_UNPROTECTED = f"""
+UNPROTECTED_SQL = f"""
     (EXISTS (
         SELECT 1 FROM device d JOIN device_model m ON m.id = d.model_id
         WHERE d.household_id = h.id AND d.installed_on IS NOT NULL
           AND (d.installed_on + make_interval(years => m.service_life_years))::date <= {CHINA_TODAY_SQL}
-    ) OR (h.gas_type = 'NG' AND NOT {_MONITORED})
+    ) OR (h.gas_type = 'NG' AND NOT {MONITORED_SQL})
       OR (h.gas_type = 'LPG' AND NOT (
         EXISTS (SELECT 1 FROM device d JOIN device_model m ON m.id = d.model_id
                 WHERE d.household_id = h.id AND m.kind = 'regulator')
@@ -128,8 +128,8 @@ CROSS JOIN LATERAL (
 
 def _household_where(
     *, town_code: str | None, community_code: str | None, gas_type: str | None, scope: Scope | None = None
-) -> _Where:
-    where = _Where()
+) -> Where:
+    where = Where()
     where.scope(scope)
     if town_code is not None:
         where.add("c.town_code = {}", town_code)
@@ -192,7 +192,7 @@ async def get_household(*, conn: Conn, household_id: int) -> asyncpg.Record | No
 
 async def household_in_scope(*, conn: Conn, household_id: int, scope: Scope | None) -> bool:
     """Whether ``scope`` may see household ``household_id`` (which must exist)."""
-    where = _Where()
+    where = Where()
     where.add("h.id = {}", household_id)
     where.scope(scope)
     found: bool = await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM household h {where.sql()})", *where.args)
@@ -209,8 +209,8 @@ JOIN household h ON h.id = d.household_id
 """
 
 
-def _device_where(*, kind: str | None, household_id: int | None, scope: Scope | None = None) -> _Where:
-    where = _Where()
+def _device_where(*, kind: str | None, household_id: int | None, scope: Scope | None = None) -> Where:
+    where = Where()
     where.scope(scope)
     if kind is not None:
         where.add("m.kind = {}", kind)
@@ -303,8 +303,8 @@ LEFT JOIN town t ON t.code = c.town_code
 
 def _incident_where(
     *, state: str | None, kind: str | None, household_id: int | None, scope: Scope | None = None
-) -> _Where:
-    where = _Where()
+) -> Where:
+    where = Where()
     where.scope(scope)
     if state is not None:
         where.add("i.state = {}", state)

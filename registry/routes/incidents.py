@@ -163,7 +163,7 @@ async def read_incident_overview(conn: ConnDep, user: Overseer) -> IncidentOverv
     )
 
 
-async def _authorize_incident(conn: queries.Conn, *, user: User, incident_id: int) -> None:
+async def authorize_incident(conn: queries.Conn, *, user: User, incident_id: int) -> None:
     """404 for an unknown incident, 403 if its household is outside the caller's scope."""
     household_id = await conn.fetchval("SELECT household_id FROM incident WHERE id = $1", incident_id)
     exists = household_id is not None or await conn.fetchval(
@@ -185,7 +185,7 @@ async def _authorize_incident(conn: queries.Conn, *, user: User, incident_id: in
 async def read_incident(conn: ConnDep, user: Reader, incident_id: IncidentIdPath) -> IncidentDetailPublic:
     """Get one incident with its timeline, valve commands (and their attempts) and notifications."""
     async with conn.transaction(isolation="repeatable_read", readonly=True):
-        await _authorize_incident(conn, user=user, incident_id=incident_id)
+        await authorize_incident(conn, user=user, incident_id=incident_id)
         row = await queries.get_incident(conn=conn, incident_id=incident_id)
         if row is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"incident {incident_id} not found")
@@ -221,7 +221,7 @@ async def _acting(conn: queries.Conn, *, user: User, incident_id: int) -> AsyncI
     """Authorise, run the lifecycle call in one transaction with its audit entry, map refusals to HTTP."""
     try:
         async with conn.transaction():
-            await _authorize_incident(conn, user=user, incident_id=incident_id)
+            await authorize_incident(conn, user=user, incident_id=incident_id)
             yield cast(asyncpg.Connection, conn)
     except lifecycle.IncidentNotFound as err:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(err)) from err

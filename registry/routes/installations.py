@@ -204,7 +204,7 @@ async def read_queue(
 ) -> JobsPublic:
     """Open jobs, most urgent first (轻重缓急): recorded hazards, then older communities, then first come."""
     after = _CURSOR.decode(cursor)
-    where = queries._Where()
+    where = queries.Where()
     where.scope(scope_for(user))
     if state is None:
         where.add("j.state IN ({}, {})", "queued", "assigned")

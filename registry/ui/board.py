@@ -19,8 +19,8 @@ from registry import queries
 from registry.auth import Role, User, require_roles, scope_for
 from registry.deps import BigIntId, ConnDep, TodayDep
 from registry.models import DevicePublic, IncidentKind, IncidentState, Row
-from registry.queries import _Where
-from registry.routes.incidents import IncidentIdPath, _authorize_incident
+from registry.queries import Where
+from registry.routes.incidents import IncidentIdPath, authorize_incident
 from registry.ui.live import BOARD_ROLES
 
 router = APIRouter(prefix="/ui/api", tags=["ui"])
@@ -186,9 +186,9 @@ async def read_board(
     With ``ids`` the rows are returned whatever their state (a closed one tells the board to drop it);
     ids outside the caller's scope are simply absent.
     """
-    where = _Where()
+    where = Where()
     where.scope(scope_for(user))
-    active = _Where()
+    active = Where()
     active.scope(scope_for(user))
     active.clauses.append("i.state <> 'CLOSED'")
     if ids:
@@ -282,7 +282,7 @@ async def read_incident_context(
 ) -> IncidentContextPublic:
     """The household's devices and states, the on-site records and the escalation of one incident."""
     async with conn.transaction(isolation="repeatable_read", readonly=True):
-        await _authorize_incident(conn, user=user, incident_id=incident_id)
+        await authorize_incident(conn, user=user, incident_id=incident_id)
         household_id: int | None = await conn.fetchval("SELECT household_id FROM incident WHERE id = $1", incident_id)
         devices = [] if household_id is None else await _devices(conn, household_id=household_id, today=today)
         records = await conn.fetch(
@@ -386,7 +386,7 @@ async def read_concentration(
 ) -> ConcentrationPublic:
     """%LEL of the incident's alarm device from ``before_min`` before to ``after_min`` after the alarm."""
     async with conn.transaction(isolation="repeatable_read", readonly=True):
-        await _authorize_incident(conn, user=user, incident_id=incident_id)
+        await authorize_incident(conn, user=user, incident_id=incident_id)
         incident = await conn.fetchrow(
             "SELECT i.alarm_device_id, coalesce(i.alarm_device_ts, i.alarm_received_at) AS alarm_at,"
             " m.low_alarm_lel, m.high_alarm_lel"

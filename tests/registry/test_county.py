@@ -16,7 +16,7 @@ import pytest
 from registry.app import create_app
 from registry.auth import Role, create_user, issue_token
 from registry.county import ALARM_DAYS, county_health, list_building_households
-from registry.queries import _MONITORED, _UNPROTECTED
+from registry.queries import MONITORED_SQL, UNPROTECTED_SQL
 from registry.settings import RegistrySettings
 from registry.slips import SignatureRole
 from tests.registry.test_rosters import COMMUNITY, OTHER_COMMUNITY, RURAL_COMMUNITY, RURAL_TOWN, TOWN, add_places
@@ -229,8 +229,8 @@ async def test_aggregates_agree_with_the_registry_definitions(db: asyncpg.Connec
     """The set-wise counts equal registry.queries' per-household expressions for unprotected and linked kit."""
     await build_county(db)
     row = await db.fetchrow(
-        f"SELECT count(*) FILTER (WHERE {_UNPROTECTED}) AS unprotected,"
-        f" count(*) FILTER (WHERE {_MONITORED} AND NOT {_UNPROTECTED}) AS kit_ok FROM household h"
+        f"SELECT count(*) FILTER (WHERE {UNPROTECTED_SQL}) AS unprotected,"
+        f" count(*) FILTER (WHERE {MONITORED_SQL} AND NOT {UNPROTECTED_SQL}) AS kit_ok FROM household h"
     )
     assert row is not None
     totals = (await county_health(db, scope=None)).totals.counts

@@ -9,7 +9,7 @@ import asyncpg
 
 from gasguard.db import open_pool
 from registry.progress import ProgressCache, progress, render_public_html
-from registry.queries import _MONITORED, _UNPROTECTED, list_households
+from registry.queries import MONITORED_SQL, UNPROTECTED_SQL, list_households
 from registry.slips import SignatureRole
 from tests.registry.test_rosters import COMMUNITY, OTHER_COMMUNITY, RURAL_COMMUNITY, add_places
 from tests.registry.test_slips import add_household, signed_slip
@@ -131,14 +131,14 @@ async def test_set_based_counts_agree_with_the_registry_definition(db: asyncpg.C
                 date(2014 + i, 1, 1),
             )
     report = await progress(db, today=TODAY)
-    expected = await db.fetchval(f"SELECT count(*) FROM household h WHERE {_UNPROTECTED}")
+    expected = await db.fetchval(f"SELECT count(*) FROM household h WHERE {UNPROTECTED_SQL}")
     assert sum(c.unprotected for c in report.communities) == expected
     assert 0 < expected < 18
     # The household pages compute the same flags their own way (one LATERAL pass per row): row by row equal.
     definition = {
         r["id"]: (r["monitored"], r["unprotected"])
         for r in await db.fetch(
-            f"SELECT h.id, {_MONITORED} AS monitored, {_UNPROTECTED} AS unprotected FROM household h"
+            f"SELECT h.id, {MONITORED_SQL} AS monitored, {UNPROTECTED_SQL} AS unprotected FROM household h"
         )
     }
     pages = {r["id"]: (r["monitored"], r["unprotected"]) for r in await list_households(conn=db, limit=100)}
