@@ -16,6 +16,7 @@ import itertools
 import logging
 import os
 import random
+import time
 from collections import deque
 from pathlib import Path
 
@@ -93,15 +94,45 @@ class Recorder:
         #: Transactions that applied records (fewer than ``applied`` when records were batched).
         self.transactions = 0
         self.idle = asyncio.Event()
+        #: Records ever submitted (journaled ones replayed at start included); applied in this order.
+        self._submitted = 0
+        #: (index of a submitted record, monotonic time it was submitted), at most one mark a second.
+        self._marks: deque[tuple[int, float]] = deque()
+
+    @property
+    def in_outage(self) -> bool:
+        """Whether the database is unreachable and records are being journaled."""
+        return self._outage
 
     def submit(self, record: Record) -> None:
         """Queue a record; returns at once (the alarm path calls this)."""
+        self._mark(1)
         self.idle.clear()
         self._queue.put_nowait(record)
+
+    def _mark(self, count: int) -> None:
+        now = time.monotonic()
+        if not self._marks or now - self._marks[-1][1] >= 1.0:
+            self._marks.append((self._submitted, now))
+        self._submitted += count
+
+    def lag_s(self, now: float) -> float:
+        """How long the oldest record not yet in the database has waited, to within a second; 0 when none.
+
+        Records are applied in the order they were submitted, so the oldest pending one is number
+        ``applied``; ``now`` is a `time.monotonic` reading.
+        """
+        marks = self._marks
+        while len(marks) > 1 and marks[1][0] <= self.applied:
+            marks.popleft()
+        if self.applied >= self._submitted or not marks:
+            return 0.0
+        return max(0.0, now - marks[0][1])
 
     async def run_loop(self) -> None:
         """Apply records forever, in order; survive database outages without losing any."""
         self._backlog.extend(self._journal.load())
+        self._mark(len(self._backlog))
         if self._backlog:
             _LOGGER.info("replaying %d journaled records", len(self._backlog))
         try:
