@@ -19,18 +19,7 @@ import pytest
 
 from alerting.settings import AlertingSettings
 from gasguard.mqtt import MqttSession
-from gasguard.protocol import (
-    AlarmEvent,
-    AlarmState,
-    Channel,
-    Command,
-    CommandAck,
-    CommandResult,
-    Topics,
-    ValveEvent,
-    ValvePosition,
-    encode,
-)
+from gasguard.protocol import AlarmEvent, AlarmState, Channel, Topics, encode
 from gasguard.settings import MqttEndpoint
 from registry.app import create_app
 from registry.auth import Role, create_user, issue_token
@@ -38,56 +27,17 @@ from registry.deps import china_today
 from registry.settings import RegistrySettings
 from tests.conftest import SmsSandbox
 from tests.support.rows import COMMUNITY, ensure_catalogue
-from tests.support.stack import alerting_running, wait_for
+from tests.support.stack import LoopbackValves, alerting_running, loopback_valves, wait_for
 
 ALARM_ID = "GA-NEW-0001"
 VALVE_ID = "SV-NEW-0001"
 
 
-class LoopbackValves:
-    """Valves on the broker that report closed when told to close, as protocol v1 says."""
-
-    def __init__(self, session: MqttSession, topics: Topics) -> None:
-        self.session = session
-        self.topics = topics
-        self.commands: list[tuple[str, Command]] = []
-
-    async def handle(self, topic: str, payload: bytes) -> None:
-        valve_id = self.topics.parse(topic).device_id
-        command = Command.model_validate_json(payload)
-        self.commands.append((valve_id, command))
-        now = datetime.now(UTC)
-        self.session.publish(
-            self.topics.device(valve_id, Channel.COMMAND_ACK),
-            encode(CommandAck(cmd_id=command.cmd_id, ts=now, accepted=True)),
-        )
-        self.session.publish(
-            self.topics.device(valve_id, Channel.EVENT),
-            encode(ValveEvent(seq=1, ts=now, position=ValvePosition.CLOSED, cmd_id=command.cmd_id)),
-        )
-        self.session.publish(
-            self.topics.device(valve_id, Channel.COMMAND_RESULT),
-            encode(CommandResult(cmd_id=command.cmd_id, ts=now, ok=True, position=ValvePosition.CLOSED)),
-        )
-
-
 @pytest.fixture
 async def valves(mqtt_endpoint: MqttEndpoint, topics: Topics) -> AsyncIterator[LoopbackValves]:
     """Loopback valves subscribed to every command topic of this test's root."""
-    holder: list[LoopbackValves] = []
-
-    async def handle(topic: str, payload: bytes) -> None:
-        await holder[0].handle(topic, payload)
-
-    session = MqttSession(
-        mqtt_endpoint,
-        client_id=f"valves-{uuid.uuid4().hex[:8]}",
-        subscriptions=[(topics.all_devices(Channel.COMMAND), 1)],
-        handler=handle,
-    )
-    async with session:
-        holder.append(LoopbackValves(session, topics))
-        yield holder[0]
+    async with loopback_valves(mqtt_endpoint, topics) as loopback:
+        yield loopback
 
 
 async def test_new_installation_arms_alerting_without_restart(

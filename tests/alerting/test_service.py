@@ -15,76 +15,16 @@ import pytest
 from alerting.service import Alerting
 from alerting.settings import AlertingSettings
 from gasguard.mqtt import MqttSession
-from gasguard.protocol import (
-    AlarmEvent,
-    AlarmState,
-    Channel,
-    Command,
-    CommandAck,
-    CommandResult,
-    Topics,
-    ValveEvent,
-    ValvePosition,
-    encode,
-)
+from gasguard.protocol import AlarmEvent, AlarmState, Channel, Topics, encode
 from gasguard.settings import MqttEndpoint
 from tests.support.rows import add_household, ensure_catalogue
-
-
-class Valves:
-    """Loopback valves that answer close commands the way protocol v1 says, or stay silent."""
-
-    def __init__(self, session: MqttSession, topics: Topics) -> None:
-        self.session = session
-        self.topics = topics
-        self.commands: list[tuple[str, Command]] = []
-        self.silent: set[str] = set()
-        self.received = asyncio.Event()
-
-    async def handle(self, topic: str, payload: bytes) -> None:
-        valve_id = self.topics.parse(topic).device_id
-        command = Command.model_validate_json(payload)
-        self.commands.append((valve_id, command))
-        self.received.set()
-        if valve_id in self.silent:
-            return
-        now = datetime.now(UTC)
-        publish = self.session.publish
-        publish(
-            self.topics.device(valve_id, Channel.COMMAND_ACK),
-            encode(CommandAck(cmd_id=command.cmd_id, ts=now, accepted=True)),
-        )
-        publish(
-            self.topics.device(valve_id, Channel.EVENT),
-            encode(ValveEvent(seq=1, ts=now, position=ValvePosition.CLOSING, cmd_id=command.cmd_id)),
-        )
-        await asyncio.sleep(0.05)
-        publish(
-            self.topics.device(valve_id, Channel.EVENT),
-            encode(ValveEvent(seq=2, ts=now, position=ValvePosition.CLOSED, cmd_id=command.cmd_id)),
-        )
-        publish(
-            self.topics.device(valve_id, Channel.COMMAND_RESULT),
-            encode(CommandResult(cmd_id=command.cmd_id, ts=now, ok=True, position=ValvePosition.CLOSED)),
-        )
+from tests.support.stack import LoopbackValves, loopback_valves
 
 
 @pytest.fixture
-async def valves(mqtt_endpoint: MqttEndpoint, topics: Topics) -> AsyncIterator[Valves]:
-    holder: list[Valves] = []
-
-    async def handle(topic: str, payload: bytes) -> None:
-        await holder[0].handle(topic, payload)
-
-    session = MqttSession(
-        mqtt_endpoint,
-        client_id=f"valves-{uuid.uuid4().hex[:8]}",
-        subscriptions=[(topics.all_devices(Channel.COMMAND), 1)],
-        handler=handle,
-    )
-    async with session:
-        holder.append(Valves(session, topics))
-        yield holder[0]
+async def valves(mqtt_endpoint: MqttEndpoint, topics: Topics) -> AsyncIterator[LoopbackValves]:
+    async with loopback_valves(mqtt_endpoint, topics, closing_s=0.05) as loopback:
+        yield loopback
 
 
 @pytest.fixture
@@ -136,7 +76,7 @@ async def publish_once(endpoint: MqttEndpoint, topic: str, payload: bytes) -> No
 
 
 async def test_alarm_closes_only_its_valve_and_texts_the_resident(
-    db: asyncpg.Connection, settings, valves: Valves, topics: Topics, mqtt_endpoint, sms_sandbox
+    db: asyncpg.Connection, settings, valves: LoopbackValves, topics: Topics, mqtt_endpoint, sms_sandbox
 ) -> None:
     home = await add_household(db, 1, phone="13812345678")
     neighbour = await add_household(db, 2)
@@ -186,7 +126,7 @@ async def test_alarm_closes_only_its_valve_and_texts_the_resident(
 
 
 async def test_repeated_alarms_make_one_command_one_incident_one_sms(
-    db: asyncpg.Connection, settings, valves: Valves, topics: Topics, mqtt_endpoint, sms_sandbox
+    db: asyncpg.Connection, settings, valves: LoopbackValves, topics: Topics, mqtt_endpoint, sms_sandbox
 ) -> None:
     home = await add_household(db, 1)
     burst = MqttSession(mqtt_endpoint, client_id=f"burst-{uuid.uuid4().hex[:8]}")
@@ -208,7 +148,7 @@ async def test_repeated_alarms_make_one_command_one_incident_one_sms(
 
 
 async def test_self_test_and_recovery_close_nothing(
-    db: asyncpg.Connection, settings, valves: Valves, topics: Topics, mqtt_endpoint
+    db: asyncpg.Connection, settings, valves: LoopbackValves, topics: Topics, mqtt_endpoint
 ) -> None:
     home = await add_household(db, 1)
     async with running(settings) as service:
@@ -221,7 +161,7 @@ async def test_self_test_and_recovery_close_nothing(
 
 
 async def test_silent_valve_is_resent_then_escalated_critical(
-    db: asyncpg.Connection, settings, valves: Valves, topics: Topics, mqtt_endpoint, sms_sandbox
+    db: asyncpg.Connection, settings, valves: LoopbackValves, topics: Topics, mqtt_endpoint, sms_sandbox
 ) -> None:
     await ensure_catalogue(db, close_confirm_timeout_s=2)
     home = await add_household(db, 1)
@@ -246,7 +186,7 @@ async def test_silent_valve_is_resent_then_escalated_critical(
 
 
 async def test_malformed_command_ack_is_a_dead_letter(
-    db: asyncpg.Connection, settings, valves: Valves, topics: Topics, mqtt_endpoint
+    db: asyncpg.Connection, settings, valves: LoopbackValves, topics: Topics, mqtt_endpoint
 ) -> None:
     await add_household(db, 1)
     async with running(settings) as service:

@@ -1,7 +1,8 @@
-"""Services started in the test's event loop: the registry app, alerting, or alerting + ingest + a fleet.
+"""Services started in the test's event loop: the registry app, alerting, or alerting + ingest + a fleet;
+and loopback valves that answer alerting's close commands on the broker.
 
-Shared by the end-to-end and browser tests so each does not grow its own copy of the start-up and
-tear-down code.
+Shared by the end-to-end, alerting and browser tests so each does not grow its own copy of the start-up
+and tear-down code.
 """
 
 from __future__ import annotations
@@ -10,12 +11,23 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from alerting.service import Alerting
 from alerting.settings import AlertingSettings
-from gasguard.protocol import Topics
+from gasguard.mqtt import MqttSession
+from gasguard.protocol import (
+    Channel,
+    Command,
+    CommandAck,
+    CommandResult,
+    Topics,
+    ValveEvent,
+    ValvePosition,
+    encode,
+)
 from gasguard.settings import MqttEndpoint
 from ingest.service import Ingest
 from ingest.settings import IngestSettings
@@ -120,3 +132,68 @@ async def registry_running(database_url: str) -> AsyncIterator[str]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+@dataclass
+class LoopbackValves:
+    """Valves on the broker that answer close commands the way protocol v1 says, or stay silent.
+
+    Every command received is kept in ``commands`` as (valve id, command). A valve in ``silent`` answers
+    nothing. Otherwise it acknowledges, then reports CLOSED and a successful result; with ``closing_s`` it
+    first reports CLOSING and waits that long before CLOSED.
+    """
+
+    session: MqttSession
+    topics: Topics
+    closing_s: float | None = None
+    commands: list[tuple[str, Command]] = field(default_factory=list)
+    silent: set[str] = field(default_factory=set)
+
+    async def handle(self, topic: str, payload: bytes) -> None:
+        valve_id = self.topics.parse(topic).device_id
+        command = Command.model_validate_json(payload)
+        self.commands.append((valve_id, command))
+        if valve_id in self.silent:
+            return
+        now = datetime.now(UTC)
+        publish = self.session.publish
+        publish(
+            self.topics.device(valve_id, Channel.COMMAND_ACK),
+            encode(CommandAck(cmd_id=command.cmd_id, ts=now, accepted=True)),
+        )
+        seq = 1
+        if self.closing_s is not None:
+            publish(
+                self.topics.device(valve_id, Channel.EVENT),
+                encode(ValveEvent(seq=seq, ts=now, position=ValvePosition.CLOSING, cmd_id=command.cmd_id)),
+            )
+            await asyncio.sleep(self.closing_s)
+            seq += 1
+        publish(
+            self.topics.device(valve_id, Channel.EVENT),
+            encode(ValveEvent(seq=seq, ts=now, position=ValvePosition.CLOSED, cmd_id=command.cmd_id)),
+        )
+        publish(
+            self.topics.device(valve_id, Channel.COMMAND_RESULT),
+            encode(CommandResult(cmd_id=command.cmd_id, ts=now, ok=True, position=ValvePosition.CLOSED)),
+        )
+
+
+@contextlib.asynccontextmanager
+async def loopback_valves(
+    endpoint: MqttEndpoint, topics: Topics, *, closing_s: float | None = None
+) -> AsyncIterator[LoopbackValves]:
+    """Loopback valves subscribed to every command topic under ``topics``' root, connected."""
+
+    async def handle(topic: str, payload: bytes) -> None:
+        await valves.handle(topic, payload)  # bound below, before the session connects
+
+    session = MqttSession(
+        endpoint,
+        client_id=f"valves-{uuid.uuid4().hex[:8]}",
+        subscriptions=[(topics.all_devices(Channel.COMMAND), 1)],
+        handler=handle,
+    )
+    valves = LoopbackValves(session, topics, closing_s=closing_s)
+    async with session:
+        yield valves
