@@ -6,8 +6,13 @@ alarms; the others are warm standbys that remember the last seconds of alarms. W
 process dies its database session ends, the lock is free, and a standby takes it within
 ``leader_poll_s``, adopts the unconfirmed close commands from ``valve_command`` and replays the alarms
 it saw meanwhile. A database outage never demotes the active engine: the alarm path does not wait on
-the database. Escalation, the outbox sender and the recorder run in every process; the database
-(``FOR UPDATE SKIP LOCKED``, unique keys) keeps them from doing anything twice.
+the database. Escalation, the outbox sender and the recorder run in every process that has them; the
+database (``FOR UPDATE SKIP LOCKED``, unique keys) keeps them from doing anything twice.
+
+``settings.role`` splits one process into two: ``engine`` (the alarm path and its recorder) and ``notify``
+(outbox sender, receipts, escalation, health sweep — all driven by the database). Production runs them
+apart, so SMS signing, HTTP and escalation queries never hold up an alarm in the engine's event loop and
+the engine's memory holds only the alarm path; ``all`` keeps the demo and small sites to one process.
 """
 
 from __future__ import annotations
@@ -55,57 +60,71 @@ class Alerting:
         self.leadership_decided = asyncio.Event()
 
     async def run(self) -> None:
-        """Run until cancelled."""
+        """Run until cancelled: the parts ``settings.role`` names."""
+        role = self.settings.role
+        async with contextlib.AsyncExitStack() as resources, asyncio.TaskGroup() as tg:
+            if role in ("all", "notify"):
+                http = await resources.enter_async_context(httpx.AsyncClient(timeout=httpx.Timeout(10.0)))
+                self._start_notify(tg, http)
+            if role in ("all", "engine"):
+                await self._run_engine(tg)
+            else:
+                _LOGGER.info("alerting ready (notify): outbox, receipts, escalation and health sweep running")
+                self.ready.set()
+                await asyncio.Event().wait()
+
+    def _start_notify(self, tg: asyncio.TaskGroup, http: httpx.AsyncClient) -> None:
+        """The database-driven parts: outbox sender, delivery receipts, escalation timers, health sweep."""
         settings = self.settings
-        async with httpx.AsyncClient(timeout=httpx.Timeout(10.0)) as http:
-            self.notifier = notifier.build(settings, http, self.notify)
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(self.directory.run_loop(), name="alerting.directory_loop")
-                tg.create_task(self.recorder.run_loop(), name="alerting.recorder_loop")
-                tg.create_task(self.notifier.run_loop(), name="alerting.notifier_loop")
-                tg.create_task(receipts.serve(settings, self.notify), name="alerting.receipts")
-                tg.create_task(self.escalator.run_loop(), name="alerting.escalation_loop")
-                scope_policy = ScopePolicy(
-                    min_devices=settings.offline_scope_min_devices, share=settings.offline_scope_share
-                )
-                tg.create_task(
-                    sweep_loop(settings.dsn(), interval_s=settings.health_sweep_s, policy=scope_policy),
-                    name="alerting.health_loop",
-                )
-                # Start listening only with a directory to act on. If the database is down at start,
-                # the journal of an earlier run still replays, but alarms need the wiring first.
-                await self.directory.loaded.wait()
-                engine = Engine(
-                    settings,
-                    topics=self.topics,
-                    directory=self.directory,
-                    recorder=self.recorder,
-                    publish=lambda topic, payload: self._publish(topic, payload),
-                    active=False,
-                    probe_topic=probe_topic(settings.client_id),
-                )
-                self.engine = engine
-                self.session = MqttSession(
-                    settings.mqtt(),
-                    client_id=settings.client_id,
-                    subscriptions=engine.subscriptions(),
-                    handler=engine.handle,
-                    persistent=True,
-                    receive_maximum=settings.receive_maximum,
-                )
-                async with self.session:
-                    tg.create_task(engine.timer_loop(), name="alerting.timer_loop")
-                    tg.create_task(self._leader_loop(engine), name="alerting.leader_loop")
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self.leadership_decided.wait(), 10)
-                    _LOGGER.info(
-                        "alerting ready (%s): %d alarms, %d valves in the directory",
-                        "active" if engine.active else "standby",
-                        len(self.directory.current.alarms),
-                        len(self.directory.current.valves),
-                    )
-                    self.ready.set()
-                    await asyncio.Event().wait()
+        self.notifier = notifier.build(settings, http, self.notify)
+        tg.create_task(self.notifier.run_loop(), name="alerting.notifier_loop")
+        tg.create_task(receipts.serve(settings, self.notify), name="alerting.receipts")
+        tg.create_task(self.escalator.run_loop(), name="alerting.escalation_loop")
+        scope_policy = ScopePolicy(min_devices=settings.offline_scope_min_devices, share=settings.offline_scope_share)
+        tg.create_task(
+            sweep_loop(settings.dsn(), interval_s=settings.health_sweep_s, policy=scope_policy),
+            name="alerting.health_loop",
+        )
+
+    async def _run_engine(self, tg: asyncio.TaskGroup) -> None:
+        """The alarm path: directory, recorder, engine on the MQTT bus, leader lock; never returns."""
+        settings = self.settings
+        tg.create_task(self.directory.run_loop(), name="alerting.directory_loop")
+        tg.create_task(self.recorder.run_loop(), name="alerting.recorder_loop")
+        # Start listening only with a directory to act on. If the database is down at start,
+        # the journal of an earlier run still replays, but alarms need the wiring first.
+        await self.directory.loaded.wait()
+        engine = Engine(
+            settings,
+            topics=self.topics,
+            directory=self.directory,
+            recorder=self.recorder,
+            publish=lambda topic, payload: self._publish(topic, payload),
+            active=False,
+            probe_topic=probe_topic(settings.client_id),
+        )
+        self.engine = engine
+        self.session = MqttSession(
+            settings.mqtt(),
+            client_id=settings.client_id,
+            subscriptions=engine.subscriptions(),
+            handler=engine.handle,
+            persistent=True,
+            receive_maximum=settings.receive_maximum,
+        )
+        async with self.session:
+            tg.create_task(engine.timer_loop(), name="alerting.timer_loop")
+            tg.create_task(self._leader_loop(engine), name="alerting.leader_loop")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.leadership_decided.wait(), 10)
+            _LOGGER.info(
+                "alerting ready (%s): %d alarms, %d valves in the directory",
+                "active" if engine.active else "standby",
+                len(self.directory.current.alarms),
+                len(self.directory.current.valves),
+            )
+            self.ready.set()
+            await asyncio.Event().wait()
 
     async def _leader_loop(self, engine: Engine) -> None:
         """Hold the advisory lock while alive; a standby polls for it and takes over."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, SecretStr, field_validator
 
 from gasguard.settings import CommonSettings
@@ -11,6 +13,11 @@ class AlertingSettings(CommonSettings):
     """Alerting service settings (``GG_*`` environment variables)."""
 
     client_id: str = "gasguard-alerting"
+    #: Which parts this process runs. ``engine``: the alarm path (MQTT, directory, command timers, the
+    #: recorder), alone in its process so nothing else competes for its event loop and memory. ``notify``:
+    #: everything driven by the database (outbox sender, delivery receipts, escalation timers, the
+    #: device-health sweep). ``all``: both in one process (the demo, small sites).
+    role: Literal["all", "engine", "notify"] = "all"
     #: Resend a close command if the device has not acknowledged it within this many seconds.
     ack_timeout_s: float = Field(default=2.0, gt=0)
     #: Longest gap between resends once the device is slow to answer.
