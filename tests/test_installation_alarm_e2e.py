@@ -17,7 +17,6 @@ import asyncpg
 import httpx
 import pytest
 
-from alerting.settings import AlertingSettings
 from gasguard.mqtt import MqttSession
 from gasguard.protocol import AlarmEvent, AlarmState, Channel, Topics, encode
 from gasguard.settings import MqttEndpoint
@@ -27,7 +26,7 @@ from registry.deps import china_today
 from registry.settings import RegistrySettings
 from tests.conftest import SmsSandbox
 from tests.support.rows import COMMUNITY, ensure_catalogue
-from tests.support.stack import LoopbackValves, alerting_running, loopback_valves, wait_for
+from tests.support.stack import LoopbackValves, alerting_running, alerting_settings_for, loopback_valves, wait_for
 
 ALARM_ID = "GA-NEW-0001"
 VALVE_ID = "SV-NEW-0001"
@@ -56,15 +55,12 @@ async def test_new_installation_arms_alerting_without_restart(
     admin = await create_user(db, username="admin", password=None, display_name="管理员", role=Role.ADMIN)
     await create_user(db, username="installer-li", password="装表-pw-1", display_name="李师傅", role=Role.INSTALLER)
     admin_headers = {"Authorization": f"Bearer {await issue_token(db, user_id=admin.id, name='e2e')}"}
-    settings = AlertingSettings(
+    settings = alerting_settings_for(
         database_url=database_url,
         mqtt_url=mqtt_url,
         topic_root=topic_root,
-        client_id=f"alerting-{uuid.uuid4().hex[:8]}",
-        sms_endpoint=sms_sandbox.url,
-        sms_access_key_id=sms_sandbox.key_id,
-        sms_access_key_secret=sms_sandbox.key_secret,
-        spool_dir=str(tmp_path / "spool"),
+        sms=sms_sandbox,
+        spool_dir=tmp_path / "spool",
         ack_timeout_s=0.5,
         default_close_confirm_timeout_s=5.0,
         duty_operator_phones=["13900000001"],

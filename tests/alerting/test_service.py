@@ -18,7 +18,8 @@ from gasguard.mqtt import MqttSession
 from gasguard.protocol import AlarmEvent, AlarmState, Channel, Topics, encode
 from gasguard.settings import MqttEndpoint
 from tests.support.rows import add_household, ensure_catalogue
-from tests.support.stack import LoopbackValves, loopback_valves
+from tests.support.stack import LoopbackValves, alerting_running, alerting_settings_for, loopback_valves
+from tests.support.stack import wait_for as stack_wait_for
 
 
 @pytest.fixture
@@ -29,40 +30,24 @@ async def valves(mqtt_endpoint: MqttEndpoint, topics: Topics) -> AsyncIterator[L
 
 @pytest.fixture
 def settings(database_url: str, mqtt_url: str, topic_root: str, sms_sandbox, tmp_path: Path) -> AlertingSettings:
-    return AlertingSettings(
+    return alerting_settings_for(
         database_url=database_url,
         mqtt_url=mqtt_url,
         topic_root=topic_root,
-        client_id=f"alerting-{uuid.uuid4().hex[:8]}",
-        sms_endpoint=sms_sandbox.url,
-        sms_access_key_id=sms_sandbox.key_id,
-        sms_access_key_secret=sms_sandbox.key_secret,
-        spool_dir=str(tmp_path / "spool"),
+        sms=sms_sandbox,
+        spool_dir=tmp_path / "spool",
         ack_timeout_s=0.5,
         default_close_confirm_timeout_s=2.0,
         duty_operator_phones=["13900000001"],
     )
 
 
-@contextlib.asynccontextmanager
-async def running(settings: AlertingSettings) -> AsyncIterator[Alerting]:
-    service = Alerting(settings)
-    task = asyncio.create_task(service.run())
-    try:
-        await asyncio.wait_for(service.ready.wait(), 15)
-        yield service
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+def running(settings: AlertingSettings) -> contextlib.AbstractAsyncContextManager[Alerting]:
+    return alerting_running(settings, ready_timeout_s=15)
 
 
 async def wait_for(predicate, timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
+    await stack_wait_for(predicate, timeout)
 
 
 def alarm(state: AlarmState = AlarmState.HIGH_ALARM, seq: int = 1) -> bytes:

@@ -17,6 +17,7 @@ from gateway.service import Gateway
 from gateway.settings import GatewaySettings
 from simulator.nbiot_platforms import PlatformSimulator
 from tests.conftest import free_port
+from tests.support.stack import wait_for as wait_for  # the gateway tests import it from here
 
 
 class Bus:
@@ -99,12 +100,3 @@ async def running_gateway(settings: GatewaySettings) -> AsyncIterator[Gateway]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-
-
-async def wait_for(predicate, timeout: float = 30.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await predicate():
-        if loop.time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
-import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
 import httpx
 import pytest
 
-from alerting.service import Alerting
 from alerting.settings import AlertingSettings
 from gasguard.protocol import AlarmState, Channel, CommandAck, CommandResult, Topics, ValveEvent, decode_event
 from gateway.codecs import load_register_map
@@ -23,37 +19,22 @@ from gateway.settings import GatewaySettings
 from simulator.modbus_devices import SimulatedController
 from tests.gateway.conftest import Bus, running_gateway, wait_for
 from tests.support.rows import add_household
+from tests.support.stack import alerting_running, alerting_settings_for
 
 
 @pytest.fixture
 def alerting_settings(
     database_url: str, mqtt_url: str, topic_root: str, sms_sandbox, tmp_path: Path
 ) -> AlertingSettings:
-    return AlertingSettings(
+    return alerting_settings_for(
         database_url=database_url,
         mqtt_url=mqtt_url,
         topic_root=topic_root,
-        client_id=f"alerting-{uuid.uuid4().hex[:8]}",
-        sms_endpoint=sms_sandbox.url,
-        sms_access_key_id=sms_sandbox.key_id,
-        sms_access_key_secret=sms_sandbox.key_secret,
-        spool_dir=str(tmp_path / "spool"),
+        sms=sms_sandbox,
+        spool_dir=tmp_path / "spool",
         ack_timeout_s=2.0,
         default_close_confirm_timeout_s=10.0,
     )
-
-
-@contextlib.asynccontextmanager
-async def running_alerting(settings: AlertingSettings) -> AsyncIterator[Alerting]:
-    service = Alerting(settings)
-    task = asyncio.create_task(service.run())
-    try:
-        await asyncio.wait_for(service.ready.wait(), 15)
-        yield service
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def wire_to_controller(db: asyncpg.Connection, alarm_id: str, valve_id: str, model: str, port: int) -> None:
@@ -84,7 +65,7 @@ async def test_controller_alarm_closes_valve_with_read_back(
     controller = SimulatedController(load_register_map(model), actuation_s=0.3)
     async with controller.serve_tcp() as port:
         await wire_to_controller(db, home.alarm_id, home.valve_id, model, port)
-        async with running_alerting(alerting_settings), running_gateway(gateway_settings):
+        async with alerting_running(alerting_settings, ready_timeout_s=15), running_gateway(gateway_settings):
             controller.set_channel(2, lel=32.5, state=AlarmState.HIGH_ALARM)
 
             async def closed_recorded() -> bool:
@@ -122,7 +103,7 @@ async def test_jammed_valve_reports_read_back_position_not_write_success(
     controller.jammed.add(2)
     async with controller.serve_tcp() as port:
         await wire_to_controller(db, home.alarm_id, home.valve_id, "GG-MC4", port)
-        async with running_alerting(alerting_settings), running_gateway(gateway_settings):
+        async with alerting_running(alerting_settings, ready_timeout_s=15), running_gateway(gateway_settings):
             controller.set_channel(2, lel=40.0, state=AlarmState.HIGH_ALARM)
 
             async def result_published() -> bool:

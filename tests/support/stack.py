@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from alerting.service import Alerting
 from alerting.settings import AlertingSettings
@@ -39,17 +40,35 @@ from tests.conftest import SmsSandbox, free_port
 
 
 @contextlib.asynccontextmanager
-async def alerting_running(settings: AlertingSettings) -> AsyncIterator[Alerting]:
-    """The alerting service in this process, ready to act."""
+async def alerting_running(settings: AlertingSettings, *, ready_timeout_s: float = 30.0) -> AsyncIterator[Alerting]:
+    """The alerting service in this process, ready to act (it fails if not ready in ``ready_timeout_s``)."""
     service = Alerting(settings)
     task = asyncio.create_task(service.run())
     try:
-        await asyncio.wait_for(service.ready.wait(), 30)
+        await asyncio.wait_for(service.ready.wait(), ready_timeout_s)
         yield service
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+def alerting_settings_for(
+    *, database_url: str, mqtt_url: str, topic_root: str, sms: SmsSandbox, spool_dir: Path, **overrides: Any
+) -> AlertingSettings:
+    """Alerting on the test's database, broker root and SMS sandbox, with a fresh client id; ``overrides``
+    sets any other setting."""
+    return AlertingSettings(
+        database_url=database_url,
+        mqtt_url=mqtt_url,
+        topic_root=topic_root,
+        client_id=f"alerting-{uuid.uuid4().hex[:8]}",
+        sms_endpoint=sms.url,
+        sms_access_key_id=sms.key_id,
+        sms_access_key_secret=sms.key_secret,
+        spool_dir=str(spool_dir),
+        **overrides,
+    )
 
 
 async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout: float = 30.0) -> None:
