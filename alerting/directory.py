@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -70,29 +71,34 @@ WHERE m.kind = 'shutoff_valve'
 """
 
 
+#: Rows turned into entries between two yields to the event loop: building 80,000 entries in one go held
+#: the alarm path for about 100 ms.
+_BUILD_CHUNK = 5_000
+
+
 async def load_directory(conn: asyncpg.Connection) -> Directory:
     """Read the whole directory in one repeatable-read snapshot."""
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         alarm_rows = await conn.fetch(_ALARMS_SQL)
         valve_rows = await conn.fetch(_VALVES_SQL)
-    alarms = {
-        r["id"]: AlarmEntry(
-            alarm_id=r["id"],
-            household_id=r["household_id"],
-            valve_ids=tuple(r["valves"]),
-            low_alarm_lel=r["low_alarm_lel"],
-            high_alarm_lel=r["high_alarm_lel"],
-        )
-        for r in alarm_rows
-    }
-    valves = {
-        r["id"]: ValveEntry(
-            valve_id=r["id"],
-            household_id=r["household_id"],
-            close_confirm_timeout_s=r["close_confirm_timeout_s"],
-        )
-        for r in valve_rows
-    }
+    alarms: dict[str, AlarmEntry] = {}
+    for start in range(0, len(alarm_rows), _BUILD_CHUNK):
+        for r in alarm_rows[start : start + _BUILD_CHUNK]:
+            alarms[r["id"]] = AlarmEntry(
+                alarm_id=r["id"],
+                household_id=r["household_id"],
+                valve_ids=tuple(r["valves"]),
+                low_alarm_lel=r["low_alarm_lel"],
+                high_alarm_lel=r["high_alarm_lel"],
+            )
+        await asyncio.sleep(0)
+    valves: dict[str, ValveEntry] = {}
+    for start in range(0, len(valve_rows), _BUILD_CHUNK):
+        for r in valve_rows[start : start + _BUILD_CHUNK]:
+            valves[r["id"]] = ValveEntry(
+                valve_id=r["id"], household_id=r["household_id"], close_confirm_timeout_s=r["close_confirm_timeout_s"]
+            )
+        await asyncio.sleep(0)
     return Directory(alarms=MappingProxyType(alarms), valves=MappingProxyType(valves))
 
 
@@ -118,7 +124,14 @@ class DirectoryKeeper:
     async def _reload_forever(self, conn: asyncpg.Connection, changed: asyncio.Event) -> None:
         while True:
             changed.clear()
+            gc.unfreeze()
             self.current = await load_directory(conn)
+            # The snapshot lives until the next reload: about 200,000 objects the cyclic garbage collector
+            # would walk in every full collection (measured: 60 ms, the alarm path paused meanwhile, several
+            # times a minute in a storm). One collection now, then everything alive is frozen out of its
+            # sight; unfrozen at the next reload, so nothing frozen stays out of its reach for good.
+            gc.collect()
+            gc.freeze()
             self.loaded.set()
             _LOGGER.debug("directory: %d alarms, %d valves", len(self.current.alarms), len(self.current.valves))
             with contextlib.suppress(TimeoutError):

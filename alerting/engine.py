@@ -311,8 +311,13 @@ class Engine:
         valve = self._directory.current.valves.get(valve_id)
         if valve is None:
             return
+        already_closed = self.tracker.state(valve_id) is rules.ValveTrackState.CLOSED
         settled = self.tracker.on_position(valve_id, position)
-        if position is ValvePosition.CLOSING and settled is None:
+        if settled is None and (
+            position is ValvePosition.CLOSING or (position is ValvePosition.CLOSED and already_closed)
+        ):
+            # Nothing new: a closing valve, or a closed valve saying so again (its event and its command
+            # result both report the position; a storm's second copies would only queue behind the first).
             return
         self._recorder.submit(
             ValveReported(

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import asyncpg
 
-from alerting.records import RECORD_ADAPTER, Record, Rejected, apply, apply_batch, batchable
+from alerting.records import Record, Rejected, apply, apply_batch, batchable, dump_record, load_record
 from gasguard.clock import utcnow
 from gasguard.db import connect
 
@@ -58,14 +58,14 @@ class Journal:
         records: list[Record] = []
         for number, line in enumerate(self._path.read_bytes().splitlines(), start=1):
             try:
-                records.append(RECORD_ADAPTER.validate_json(line))
+                records.append(load_record(line))
             except ValueError:
                 _LOGGER.warning("journal %s line %d is unreadable; skipped", self._path, number)
         return records
 
     def append(self, records: list[Record]) -> None:
         """Persist records durably before the caller forgets them."""
-        data = b"".join(RECORD_ADAPTER.dump_json(r) + b"\n" for r in records)
+        data = b"".join(dump_record(r) + b"\n" for r in records)
         with self._path.open("ab") as f:
             f.write(data)
             f.flush()
@@ -214,7 +214,7 @@ class Recorder:
                     topic="alerting/record",
                     device_id=None,
                     reason=f"record refused: {type(err).__name__}: {err}"[:500],
-                    payload=RECORD_ADAPTER.dump_json(record),
+                    payload=dump_record(record),
                     at=utcnow(),
                 ),
             )

@@ -13,10 +13,10 @@ import json
 import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar
 
 import asyncpg
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
+import msgspec
 
 from alerting.rules import ClusterPolicy, cluster_scopes
 from alerting.templates import ALARM_RESIDENT, VALVE_NOT_CLOSED_OPERATOR, county_time
@@ -24,11 +24,24 @@ from alerting.templates import ALARM_RESIDENT, VALVE_NOT_CLOSED_OPERATOR, county
 ACTOR = "alerting"
 
 
-class _Record(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+#: A timezone-aware datetime (the journal refuses a naive one).
+AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
 
 
-class SentCommand(_Record):
+class _Record(msgspec.Struct, frozen=True, kw_only=True, gc=False, tag_field="op"):
+    """Base of the records: compact slotted structs, not validated models.
+
+    In an alarm storm tens of thousands of records wait for the database at once; as pydantic models
+    they took about 1.2 kB each (measured: 440 MB for a 36,000-household storm) and their validation
+    cost the alarm path CPU. The engine builds them from values it has already checked, and the journal
+    decodes them strictly by type. ``gc=False``: records hold only plain values, never cycles, so the
+    garbage collector need not walk them.
+    """
+
+    op: ClassVar[str]
+
+
+class SentCommand(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A close command as it went out."""
 
     cmd_id: uuid.UUID
@@ -37,10 +50,10 @@ class SentCommand(_Record):
     expires_at: AwareDatetime
 
 
-class AlarmRecorded(_Record):
+class AlarmRecorded(_Record, tag="alarm", frozen=True, kw_only=True):
     """An alarm arrived and these close commands were published for it."""
 
-    op: Literal["alarm"] = "alarm"
+    op: ClassVar[str] = "alarm"
     alarm_id: str
     household_id: int
     severity: str
@@ -53,28 +66,28 @@ class AlarmRecorded(_Record):
     hotline: str
 
 
-class CommandResent(_Record):
+class CommandResent(_Record, tag="resent", frozen=True, kw_only=True):
     """A close command was published again because the device had not answered."""
 
-    op: Literal["resent"] = "resent"
+    op: ClassVar[str] = "resent"
     cmd_id: uuid.UUID
     attempt: int
     sent_at: AwareDatetime
 
 
-class CommandAcked(_Record):
+class CommandAcked(_Record, tag="acked", frozen=True, kw_only=True):
     """The device acknowledged (or refused) a command; not a statement about the valve."""
 
-    op: Literal["acked"] = "acked"
+    op: ClassVar[str] = "acked"
     cmd_id: uuid.UUID
     accepted: bool
     at: AwareDatetime
 
 
-class ValveReported(_Record):
+class ValveReported(_Record, tag="valve", frozen=True, kw_only=True):
     """The valve reported a position from its own limit switch."""
 
-    op: Literal["valve"] = "valve"
+    op: ClassVar[str] = "valve"
     valve_id: str
     household_id: int
     position: str
@@ -82,10 +95,10 @@ class ValveReported(_Record):
     at: AwareDatetime
 
 
-class ValveNotClosed(_Record):
+class ValveNotClosed(_Record, tag="not_closed", frozen=True, kw_only=True):
     """No closed report within the model's confirmation timeout: a critical incident."""
 
-    op: Literal["not_closed"] = "not_closed"
+    op: ClassVar[str] = "not_closed"
     valve_id: str
     household_id: int
     cmd_id: uuid.UUID
@@ -95,10 +108,10 @@ class ValveNotClosed(_Record):
     operator_phones: tuple[str, ...]
 
 
-class Rejected(_Record):
+class Rejected(_Record, tag="rejected", frozen=True, kw_only=True):
     """A message alerting could not use, kept as a dead letter."""
 
-    op: Literal["rejected"] = "rejected"
+    op: ClassVar[str] = "rejected"
     topic: str
     device_id: str | None
     reason: str
@@ -106,25 +119,25 @@ class Rejected(_Record):
     at: AwareDatetime
 
 
-class ResidentSmsDue(_Record):
+class ResidentSmsDue(_Record, tag="sms_due", frozen=True, kw_only=True):
     """The resident's hold ended without the valve's closed report: the held text goes now (saying so)."""
 
-    op: Literal["sms_due"] = "sms_due"
+    op: ClassVar[str] = "sms_due"
     household_id: int
     at: AwareDatetime
 
 
-class DeviceNoted(_Record):
+class DeviceNoted(_Record, tag="device", frozen=True, kw_only=True):
     """A device's state changed (status) and, for faults and health findings, an incident kind to open."""
 
-    op: Literal["device"] = "device"
+    op: ClassVar[str] = "device"
     device_id: str
     household_id: int
     status: str | None
     kind: str | None = None
     severity: str = "info"
     at: AwareDatetime
-    detail: dict[str, str] = Field(default_factory=dict)
+    detail: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 AnyRecord = (
@@ -137,8 +150,19 @@ AnyRecord = (
     | Rejected
     | DeviceNoted
 )
-Record = Annotated[AnyRecord, Field(discriminator="op")]
-RECORD_ADAPTER: TypeAdapter[AnyRecord] = TypeAdapter(Record)
+Record = AnyRecord
+_ENCODER = msgspec.json.Encoder()
+_DECODER = msgspec.json.Decoder(AnyRecord)
+
+
+def dump_record(record: Record) -> bytes:
+    """A record as one line of JSON (tagged with its ``op``), for the journal and for dead letters."""
+    return _ENCODER.encode(record)
+
+
+def load_record(data: bytes) -> Record:
+    """A record from `dump_record`'s JSON; raises `msgspec.ValidationError` (a `ValueError`) when it is not one."""
+    return _DECODER.decode(data)
 
 
 #: A held resident SMS is released by the engine (valve closed, not confirmed, or its hold ended). Should
