@@ -19,8 +19,9 @@ from gasguard import incidents
 from gasguard.mqtt import MqttSession
 from gasguard.protocol import AlarmState, Channel, Topics
 from gasguard.settings import MqttEndpoint
-from tests.alerting.test_service import Valves, alarm, publish_once, running, wait_for
+from tests.alerting.test_service import alarm, publish_once, running, wait_for
 from tests.support.rows import add_household, ensure_catalogue
+from tests.support.stack import LoopbackValves
 
 STEP_ROLES = ["operator_a", "operator_b", "supervisor"]
 
@@ -49,7 +50,11 @@ async def outbox(db: asyncpg.Connection, step_key: str) -> list[tuple[str, str]]
 
 
 async def test_unacknowledged_alarm_escalates_and_acknowledging_stops_it(
-    db: asyncpg.Connection, settings: AlertingSettings, valves: Valves, topics: Topics, mqtt_endpoint: MqttEndpoint
+    db: asyncpg.Connection,
+    settings: AlertingSettings,
+    valves: LoopbackValves,
+    topics: Topics,
+    mqtt_endpoint: MqttEndpoint,
 ) -> None:
     await short_policy(db, step1_after_s=1, repeat_s=1)
     home = await add_household(db, 1, phone="13812345678")
@@ -79,7 +84,11 @@ async def test_unacknowledged_alarm_escalates_and_acknowledging_stops_it(
 
 
 async def test_valve_never_reports_critical_incident_and_operator_escalation(
-    db: asyncpg.Connection, settings: AlertingSettings, valves: Valves, topics: Topics, mqtt_endpoint: MqttEndpoint
+    db: asyncpg.Connection,
+    settings: AlertingSettings,
+    valves: LoopbackValves,
+    topics: Topics,
+    mqtt_endpoint: MqttEndpoint,
 ) -> None:
     await ensure_catalogue(db, close_confirm_timeout_s=1)
     await short_policy(db, step1_after_s=1)
@@ -114,7 +123,11 @@ async def test_valve_never_reports_critical_incident_and_operator_escalation(
 
 
 async def test_self_test_never_dispatches_and_fault_opens_a_device_incident(
-    db: asyncpg.Connection, settings: AlertingSettings, valves: Valves, topics: Topics, mqtt_endpoint: MqttEndpoint
+    db: asyncpg.Connection,
+    settings: AlertingSettings,
+    valves: LoopbackValves,
+    topics: Topics,
+    mqtt_endpoint: MqttEndpoint,
 ) -> None:
     home = await add_household(db, 1)
     async with running(settings) as service:
@@ -144,7 +157,7 @@ async def test_self_test_never_dispatches_and_fault_opens_a_device_incident(
 
 
 async def test_unconfirmed_command_in_the_database_is_resent_after_a_restart(
-    db: asyncpg.Connection, settings: AlertingSettings, valves: Valves
+    db: asyncpg.Connection, settings: AlertingSettings, valves: LoopbackValves
 ) -> None:
     home = await add_household(db, 1)
     cmd_id = uuid.uuid4()
@@ -173,7 +186,11 @@ async def engine(settings: AlertingSettings, name: str) -> AsyncIterator[Alertin
 
 
 async def test_two_engines_and_a_burst_of_duplicates_make_one_incident_and_one_sms_per_step(
-    db: asyncpg.Connection, settings: AlertingSettings, valves: Valves, topics: Topics, mqtt_endpoint: MqttEndpoint
+    db: asyncpg.Connection,
+    settings: AlertingSettings,
+    valves: LoopbackValves,
+    topics: Topics,
+    mqtt_endpoint: MqttEndpoint,
 ) -> None:
     await short_policy(db, step1_after_s=1)
     home = await add_household(db, 1, phone="13812345678")
@@ -199,7 +216,11 @@ async def test_two_engines_and_a_burst_of_duplicates_make_one_incident_and_one_s
 
 
 async def test_standby_takes_over_when_the_active_engine_stops(
-    db: asyncpg.Connection, settings: AlertingSettings, valves: Valves, topics: Topics, mqtt_endpoint: MqttEndpoint
+    db: asyncpg.Connection,
+    settings: AlertingSettings,
+    valves: LoopbackValves,
+    topics: Topics,
+    mqtt_endpoint: MqttEndpoint,
 ) -> None:
     home = await add_household(db, 1)
     async with contextlib.AsyncExitStack() as stack:
@@ -254,7 +275,11 @@ async def _start(settings: AlertingSettings) -> subprocess.Popen[bytes]:
 
 
 async def test_kill_9_mid_escalation_fires_the_step_after_restart_exactly_once(
-    db: asyncpg.Connection, settings: AlertingSettings, valves: Valves, topics: Topics, mqtt_endpoint: MqttEndpoint
+    db: asyncpg.Connection,
+    settings: AlertingSettings,
+    valves: LoopbackValves,
+    topics: Topics,
+    mqtt_endpoint: MqttEndpoint,
 ) -> None:
     await short_policy(db, step1_after_s=3)
     home = await add_household(db, 1)

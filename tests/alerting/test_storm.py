@@ -30,8 +30,9 @@ from gasguard.protocol import AlarmState, Channel, Command, Topics, ValveEvent, 
 from gasguard.settings import MqttEndpoint
 from tests.alerting.test_notifier import notifier
 from tests.alerting.test_providers import FullSandbox
-from tests.alerting.test_service import Valves, alarm, publish_once, running, wait_for
+from tests.alerting.test_service import alarm, publish_once, running, wait_for
 from tests.support.rows import add_household
+from tests.support.stack import LoopbackValves
 
 WAIT_S = 60.0
 
@@ -146,7 +147,7 @@ async def test_a_late_recorded_alarm_holds_the_text_until_the_engine_releases_it
 async def test_hold_ends_on_the_engines_timer_and_the_text_says_unconfirmed(
     db: asyncpg.Connection,
     settings: AlertingSettings,
-    valves: Valves,
+    valves: LoopbackValves,
     topics: Topics,
     mqtt_endpoint: MqttEndpoint,
     sms_sandbox,
