@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from pathlib import Path
 
 import asyncpg
@@ -34,7 +35,9 @@ from alerting.escalation import Escalator
 from alerting.notifier import NotificationSettings, Notifier
 from alerting.recorder import TRANSIENT_DB_ERRORS, Recorder
 from alerting.settings import AlertingSettings
+from alerting.watchdog import Signals, Watchdog
 from gasguard.db import connect
+from gasguard.metrics import ServiceMetrics, SnapshotCollector, serve_metrics
 from gasguard.mqtt import MqttSession, probe_topic
 from gasguard.protocol import Topics
 
@@ -55,6 +58,10 @@ class Alerting:
         self.engine: Engine | None = None
         self.notifier: Notifier | None = None
         self.escalator = Escalator(dsn, settings)
+        #: Tells the duty operators when the engine part falls behind (its inbound queue or its recorder).
+        self.watchdog = Watchdog(settings, read=self.signals)
+        self.metrics = ServiceMetrics("alerting")
+        self.metrics.register(SnapshotCollector(self.metrics, self.watchdog.samples))
         self.ready = asyncio.Event()
         #: Set once the first attempt to become the active engine has finished (either way).
         self.leadership_decided = asyncio.Event()
@@ -63,10 +70,14 @@ class Alerting:
         """Run until cancelled: the parts ``settings.role`` names."""
         role = self.settings.role
         async with contextlib.AsyncExitStack() as resources, asyncio.TaskGroup() as tg:
+            http: httpx.AsyncClient | None = None
             if role in ("all", "notify"):
                 http = await resources.enter_async_context(httpx.AsyncClient(timeout=httpx.Timeout(10.0)))
                 self._start_notify(tg, http)
             if role in ("all", "engine"):
+                if http is None:  # the watchdog's text during a database outage needs the SMS provider
+                    http = await resources.enter_async_context(httpx.AsyncClient(timeout=httpx.Timeout(10.0)))
+                self._start_watchdog(tg, http)
                 await self._run_engine(tg)
             else:
                 _LOGGER.info("alerting ready (notify): outbox, receipts, escalation and health sweep running")
@@ -85,6 +96,38 @@ class Alerting:
             sweep_loop(settings.dsn(), interval_s=settings.health_sweep_s, policy=scope_policy),
             name="alerting.health_loop",
         )
+
+    def _start_watchdog(self, tg: asyncio.TaskGroup, http: httpx.AsyncClient) -> None:
+        """The watchdog over the engine part, and its metrics endpoint if a port is set."""
+        # During a database outage it texts through the SMS provider the notifier sends with (built here too
+        # when this process has no notifier; building it opens nothing).
+        sender = self.notifier if self.notifier is not None else notifier.build(self.settings, http, self.notify)
+        self.watchdog.sms = sender._providers.get("sms")
+        tg.create_task(self.watchdog.run_loop(), name="alerting.watchdog")
+        if self.settings.metrics_port:
+            tg.create_task(self._serve_metrics(), name="alerting.metrics")
+
+    def signals(self) -> Signals:
+        """What the watchdog and the metrics read: the engine's inbound lag, the recorder's lag and backlog."""
+        now = time.monotonic()
+        engine = self.engine
+        return Signals(
+            now=now,
+            engine_active=engine is not None and engine.active,
+            caught_up_to=engine.caught_up_to if engine is not None else None,
+            recorder_lag_s=self.recorder.lag_s(now),
+            recorder_pending=self.recorder.pending,
+            commands_inflight=engine.tracker.inflight if engine is not None else 0,
+            db_outage=self.recorder.in_outage,
+        )
+
+    async def _serve_metrics(self) -> None:
+        # Metrics are for people; a port clash must not stop alerting.
+        host, port = self.settings.metrics_host, self.settings.metrics_port
+        try:
+            await serve_metrics(self.metrics, host=host, port=port)
+        except OSError as err:
+            _LOGGER.error("cannot serve metrics on %s:%d (%r); alerting carries on without them", host, port, err)  # noqa: TRY400
 
     async def _run_engine(self, tg: asyncio.TaskGroup) -> None:
         """The alarm path: directory, recorder, engine on the MQTT bus, leader lock; never returns."""

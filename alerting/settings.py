@@ -78,6 +78,18 @@ class AlertingSettings(CommonSettings):
     leader_poll_s: float = Field(default=0.5, gt=0)
     #: Alarms a standby saw this recently are replayed when it takes over.
     standby_replay_s: float = Field(default=10.0, ge=0)
+    #: The watchdog (`alerting.watchdog`) calls alerting behind when the active engine has not read its inbound
+    #: queue up to this many seconds ago, or the oldest record not yet in the database has waited this long; it
+    #: then opens one critical ``alerting_behind`` incident and texts the duty operators. A database unreachable
+    #: this long gets one SMS straight through the SMS provider instead.
+    behind_alarm_s: float = Field(default=30.0, gt=0)
+    #: ... and says it has caught up once neither has held for this long.
+    behind_recovered_s: float = Field(default=60.0, ge=0)
+    #: How often the watchdog judges.
+    watchdog_interval_s: float = Field(default=1.0, gt=0)
+    #: Prometheus ``/metrics`` port of this alerting process; 0 (the default) serves no endpoint.
+    metrics_port: int = Field(default=0, ge=0, le=65_535)
+    metrics_host: str = "127.0.0.1"
 
     @field_validator("duty_operator_phones", "backup_operator_phones", "supervisor_phones", "emergency_phones")
     @classmethod

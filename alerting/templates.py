@@ -82,8 +82,34 @@ DEVICE_NOTICE = SmsTemplate(
     max_param_chars={"issue": 6, "place": 22, "time": 11},
 )
 
+#: To the duty operators when an alerting process has fallen behind (`alerting.watchdog`). ``part`` says what lags
+#: (报警接收: alarms and valve reports wait unread at the broker; 事件入库: incidents wait for the database),
+#: ``effect`` what that delays.
+ALERTING_BEHIND_OPERATOR = SmsTemplate(
+    code="SMS_GG_ALERTING_BEHIND",
+    text="系统告警：燃气报警服务${part}已滞后${lag}秒（${time}起），${effect}可能延迟，请盯看监控。",
+    max_param_chars={"part": 5, "lag": 5, "time": 11, "effect": 5},
+)
+
+#: Sent straight through the SMS provider (not the outbox, which lives in the database) when alerting's database
+#: has been unreachable for a while.
+ALERTING_DB_DOWN_OPERATOR = SmsTemplate(
+    code="SMS_GG_ALERTING_DB_DOWN",
+    text="系统告警：燃气报警服务数据库中断已${lag}秒（${time}起），事件和短信暂存未发，请立即联系运维。",
+    max_param_chars={"lag": 5, "time": 11},
+)
+
 TEMPLATES: dict[str, SmsTemplate] = {
-    t.code: t for t in (ALARM_RESIDENT, VALVE_NOT_CLOSED_OPERATOR, ALARM_OPERATOR, EMERGENCY_NOTICE, DEVICE_NOTICE)
+    t.code: t
+    for t in (
+        ALARM_RESIDENT,
+        VALVE_NOT_CLOSED_OPERATOR,
+        ALARM_OPERATOR,
+        EMERGENCY_NOTICE,
+        DEVICE_NOTICE,
+        ALERTING_BEHIND_OPERATOR,
+        ALERTING_DB_DOWN_OPERATOR,
+    )
 }
 
 #: Name of the emergency-management webhook "template" (a JSON event, not an SMS).
