@@ -537,3 +537,42 @@ def test_settings_are_read_from_the_documented_variables(monkeypatch) -> None:
     dog = Watchdog(AlertingSettings(database_url="postgresql://x@127.0.0.1/x"), read=Readings())
     assert dog.policy == replace(POLICY, behind_alarm_s=45.0, recovered_after_s=120.0)
     assert AlertingSettings().metrics_port == 9187
+
+
+# The control room
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="registry/models.py IncidentKind does not list 'alerting_behind' yet: the incident list, the incident,"
+    " the board and acknowledge/close answer 500 for county-wide roles (registry/** belongs to another engineer)",
+)
+async def test_the_control_room_shows_and_closes_a_system_incident(db: asyncpg.Connection, database_url: str) -> None:
+    from registry.app import create_app
+    from registry.auth import Role, create_user, issue_token
+    from registry.settings import RegistrySettings
+
+    settings = watchdog_settings(database_url)
+    await Watchdog(settings, read=Readings(recorder=90.0)).check()
+    [incident] = await system_incidents(db, system_scope(settings.client_id))
+    admin = await create_user(db, username="admin-t", password=None, display_name="管理员", role=Role.ADMIN)
+    headers = {"Authorization": f"Bearer {await issue_token(db, user_id=admin.id, name='t')}"}
+    app = create_app(RegistrySettings(database_url=database_url))
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://registry.test") as client,
+    ):
+        board = await client.get("/ui/api/board", headers=headers)
+        assert board.status_code == 200, board.text
+        assert [(r["kind"], r["scope"]) for r in board.json()["items"]] == [("alerting_behind", incident["scope"])]
+        listed = await client.get("/incidents", headers=headers)
+        assert listed.status_code == 200, listed.text
+        ack = await client.post(f"/incidents/{incident['id']}/acknowledge", headers=headers, json={"note": "已知悉"})
+        assert ack.status_code == 200, ack.text
+        # No valve, so no on-site record is demanded; 设备故障 is the nearest existing disposition.
+        closed = await client.post(
+            f"/incidents/{incident['id']}/close", headers=headers, json={"disposition": "device_fault"}
+        )
+        assert closed.status_code == 200, closed.text
+        assert closed.json()["state"] == "CLOSED"

@@ -9,6 +9,7 @@ export const KIND_NAMES = Object.freeze({
   low_battery: "电池电量低",
   mains_loss: "市电中断",
   cluster: "群发报警",
+  alerting_behind: "报警服务滞后",
 });
 
 export const STATE_NAMES = Object.freeze({
