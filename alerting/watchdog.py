@@ -59,6 +59,8 @@ ACTOR = "alerting:watchdog"
 OPENED, BEHIND, CAUGHT_UP = "opened", "behind", "caught_up"
 #: A database round trip of the watchdog's gives up after this long (an outage must not stall the judging).
 DB_TIMEOUT_S = 10.0
+#: After a failed connection or write, leave the database alone this long (no reconnect storm, no log flood).
+DB_RETRY_S = 5.0
 #: After the SMS provider was unavailable, try the outage text again this much later.
 OUTAGE_SMS_RETRY_S = 30.0
 #: Longest number the SMS templates' ``lag`` parameter can hold.
@@ -430,6 +432,7 @@ class Watchdog:
         self._wall = wall
         self.state = WatchState()
         self._conn: asyncpg.Connection | None = None
+        self._db_retry_at = 0.0
         self._synced = False
         self._outage_texted_to: set[str] = set()
         self._outage_retry_at = 0.0
@@ -594,15 +597,19 @@ class Watchdog:
     async def _connection(self) -> asyncpg.Connection | None:
         if self._conn is not None and not self._conn.is_closed():
             return self._conn
+        if time.monotonic() < self._db_retry_at:
+            return None
         try:
             self._conn = await connect(self._dsn)
         except TRANSIENT_DB_ERRORS as err:
-            _LOGGER.warning("alerting watchdog: database unreachable (%s)", err)
+            _LOGGER.warning("alerting watchdog: database unreachable (%s); retrying in %.0f s", err, DB_RETRY_S)
             self._conn = None
+            self._db_retry_at = time.monotonic() + DB_RETRY_S
         return self._conn
 
     async def _lost(self, err: BaseException) -> None:
-        _LOGGER.warning("alerting watchdog: database write failed (%s); retrying", err)
+        _LOGGER.warning("alerting watchdog: database write failed (%s); retrying in %.0f s", err, DB_RETRY_S)
+        self._db_retry_at = time.monotonic() + DB_RETRY_S
         await self._disconnect()
 
     async def _disconnect(self) -> None:

@@ -463,6 +463,19 @@ async def test_database_outage_texts_the_operators_once_through_the_provider(sms
         assert sorted(phones) == sorted(OPERATORS * 2)
 
 
+async def test_an_unreachable_database_is_not_hammered(caplog) -> None:
+    # The recorder has not noticed (nothing to write), but the watchdog's own writes fail: it backs off.
+    settings = watchdog_settings(f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere")
+    readings = Readings(inbound=45.0)
+    dog = Watchdog(settings, read=readings)
+    for _ in range(5):
+        readings.now += 1
+        await dog.check()
+    attempts = [r for r in caplog.records if "database unreachable" in r.getMessage()]
+    assert len(attempts) == 1
+    assert dog.state.episode is not None and not dog.state.episode.raised
+
+
 # The service: the watchdog on its own connection while the recorder is stuck
 
 
