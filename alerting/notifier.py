@@ -411,6 +411,10 @@ class Notifier:
         self._concurrency = concurrency
         self.sent = 0
 
+    def provider(self, channel: str) -> Provider | None:
+        """The provider that sends on ``channel`` (``sms``, ``voice``, ``webhook``), if one is configured."""
+        return self._providers.get(channel)
+
     async def run_loop(self) -> None:
         """Send due jobs and reconcile receipts forever."""
         async with asyncio.TaskGroup() as tg:

@@ -87,6 +87,8 @@ class Recorder:
         self._backlog: deque[Record] = deque()
         #: Taken from the queue but not yet applied: a batch ends early to keep a household's records in order.
         self._carry: list[Record] = []
+        #: Records of the batch being written, taken from the queue (a backlog batch stays in the backlog).
+        self._applying = 0
         self._conn: asyncpg.Connection | None = None
         self._outage = False
         self._batch_max = batch_max
@@ -147,9 +149,11 @@ class Recorder:
                     while len(batch) < self._batch_max and not self._queue.empty():
                         batch.append(self._queue.get_nowait())
                     self._carry = []
+                    self._applying = len(batch)
                 try:
                     done = await self._apply(batch)
                 except TRANSIENT_DB_ERRORS as err:
+                    self._applying = 0
                     if not from_backlog:
                         self._backlog.extend(batch)
                         self._journal.append(batch)
@@ -162,6 +166,7 @@ class Recorder:
                         self._journal.clear()
                 else:
                     self._carry = batch[done:]
+                    self._applying = 0
                 self.applied += done
                 self.transactions += 1
         finally:
@@ -172,7 +177,7 @@ class Recorder:
     @property
     def pending(self) -> int:
         """Records not yet in the database."""
-        return len(self._backlog) + len(self._carry) + self._queue.qsize()
+        return len(self._backlog) + len(self._carry) + self._applying + self._queue.qsize()
 
     async def _apply(self, batch: list[Record]) -> int:
         """Apply a leading part of the batch (at least one record) in one transaction; returns how many."""

@@ -102,7 +102,7 @@ class Alerting:
         # During a database outage it texts through the SMS provider the notifier sends with (built here too
         # when this process has no notifier; building it opens nothing).
         sender = self.notifier if self.notifier is not None else notifier.build(self.settings, http, self.notify)
-        self.watchdog.sms = sender._providers.get("sms")
+        self.watchdog.sms = sender.provider("sms")
         tg.create_task(self.watchdog.run_loop(), name="alerting.watchdog")
         if self.settings.metrics_port:
             tg.create_task(self._serve_metrics(), name="alerting.metrics")

@@ -17,7 +17,15 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue
 GasType = Literal["NG", "LPG"]
 DeviceKind = Literal["alarm", "shutoff_valve", "self_closing_valve", "hose", "regulator"]
 IncidentKind = Literal[
-    "gas_alarm", "valve_not_closed", "device_fault", "end_of_life", "offline", "low_battery", "mains_loss", "cluster"
+    "gas_alarm",
+    "valve_not_closed",
+    "device_fault",
+    "end_of_life",
+    "offline",
+    "low_battery",
+    "mains_loss",
+    "cluster",
+    "alerting_behind",
 ]
 IncidentState = Literal["NEW", "NOTIFIED", "ACKNOWLEDGED", "DISPATCHED", "ON_SITE", "RESOLVED", "CLOSED"]
 

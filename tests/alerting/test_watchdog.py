@@ -555,11 +555,6 @@ def test_settings_are_read_from_the_documented_variables(monkeypatch) -> None:
 # The control room
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="registry/models.py IncidentKind does not list 'alerting_behind' yet: the incident list, the incident,"
-    " the board and acknowledge/close answer 500 for county-wide roles (registry/** belongs to another engineer)",
-)
 async def test_the_control_room_shows_and_closes_a_system_incident(db: asyncpg.Connection, database_url: str) -> None:
     from registry.app import create_app
     from registry.auth import Role, create_user, issue_token
