@@ -88,6 +88,8 @@ export const TIMELINE_NAMES = Object.freeze({
   on_site: "到场记录",
   resolved: "已处置",
   closed: "已办结",
+  behind: "报警服务再次滞后",
+  caught_up: "报警服务已追上",
 });
 
 export const NOTIFICATION_STATUS_NAMES = Object.freeze({ pending: "待发送", sent: "已发送", delivered: "已送达", failed: "发送失败" });
@@ -104,6 +106,8 @@ export function placeText(place, scope) {
     parts.push(`${place.building}${place.unit || ""}${room}`);
   } else if (scope && scope.startsWith("building:")) {
     parts.push(scope.split(":").slice(2).join(":"));
+  } else if (scope && scope.startsWith("system:alerting:")) {
+    return `燃气报警服务（${scope.slice("system:alerting:".length)}）`;
   }
   return parts.length ? parts.join(" › ") : scope || "—";
 }
