@@ -9,6 +9,7 @@ connections each) and its own short-lived caches (list totals, progress), so the
 from __future__ import annotations
 
 import argparse
+import asyncio
 import functools
 
 import uvicorn
@@ -45,6 +46,13 @@ def main() -> None:
         parser.error("--workers must be at least 1")
     settings = _settings()
     if args.workers == 1:
+        # As uvicorn's loop="auto" does for --workers: uvloop where it is installed (a dependency off Windows).
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
         run(functools.partial(serve, settings), log_level=settings.log_level)
         return
     configure_logging(settings.log_level)

@@ -18,6 +18,8 @@ import argparse
 import asyncio
 import contextlib
 import csv
+import importlib.metadata
+import importlib.util
 import io
 import logging
 import os
@@ -93,6 +95,25 @@ class Machine:
     postgresql: str
     load_before: tuple[float, float, float]
     code: str
+
+
+def server_stack() -> str:
+    """The event loop and HTTP parser that uvicorn's ``loop="auto"`` and ``http="auto"`` pick in this interpreter."""
+
+    def version(name: str) -> str | None:
+        if importlib.util.find_spec(name) is None:
+            return None
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            return "?"
+
+    uvloop, httptools = version("uvloop"), version("httptools")
+    return (
+        f"uvicorn {version('uvicorn')}"
+        + (f" on uvloop {uvloop}" if uvloop else " on asyncio's own event loop")
+        + (f" with httptools {httptools}" if httptools else " with h11 (pure Python)")
+    )
 
 
 def _cpu_model() -> str:
@@ -968,7 +989,8 @@ def _api_section(api: ApiRun, options: Options) -> list[str]:
         "alarm incidents spread over a year, 120 still open), vacuumed and analysed. PostgreSQL 15 with stock "
         f"settings. The API runs as `python -m registry --workers {setup.workers}` ({setup.workers} uvicorn worker "
         f"process(es), each with its own pool of up to {setup.pool_max} connections and its own caches; log level "
-        f"WARNING) on a free loopback port; it was healthy {api.startup_s:.1f} s after start. The load generator "
+        f"WARNING; {server_stack()}) on a free loopback port; it was healthy {api.startup_s:.1f} s after start. "
+        "The load generator "
         f"is this benchmark process: {options.concurrency} concurrent clients, one keep-alive HTTP/1.1 "
         "connection each (h11 over asyncio streams: httpx's layers cost the generator ~4–5 ms of CPU a request),"
         " authenticated with bearer tokens of an admin and of a community-staff user. The "
