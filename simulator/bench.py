@@ -1254,13 +1254,24 @@ async def bench_alarms(
             )
         )
         await sms.read_message(_READY, timeout_s=30)
+        # As deployed (docker-compose.yml): the engine alone in its process, the database-driven parts beside it.
+        notify = await stack.enter_async_context(
+            child_process(
+                "alerting-notify",
+                [sys.executable, "-m", "alerting"],
+                log_path=run.log("alerting-notify"),
+                cwd=run.workdir,
+                env={**alerting_env, "GG_ROLE": "notify"},
+            )
+        )
+        await notify.wait_for_log("alerting ready", timeout_s=60)
         alerting = await stack.enter_async_context(
             child_process(
                 "alerting",
                 [sys.executable, "-m", "alerting"],
                 log_path=run.log("alerting"),
                 cwd=run.workdir,
-                env=alerting_env,
+                env={**alerting_env, "GG_ROLE": "engine"},
             )
         )
         await alerting.wait_for_log("alerting ready", timeout_s=60)
@@ -1829,7 +1840,8 @@ def render_report(report: BenchReport) -> str:
         " on port 1883 is not used.\n"
         f"- **Database:** a fresh database `gg_bench_<random>` on the local PostgreSQL, migrated with Alembic and"
         f" seeded with a demo county of {report.households:,} households; dropped at the end.\n"
-        "- **Services** run as their own OS processes, as deployed: `python -m alerting` and `python -m ingest`,"
+        "- **Services** run as their own OS processes, as deployed: `python -m alerting` twice (`GG_ROLE=engine`,"
+        " the alarm path, and `GG_ROLE=notify`, outbox, receipts and escalation) and `python -m ingest`,"
         " configured through `GG_*` variables. The SMS provider is the local sandbox"
         " (`simulator.sms_platform.SmsPlatform`) in a worker process.\n"
         "- **Load** comes from worker processes (`python -m simulator.bench worker …`) and from the driver, which"
@@ -1979,7 +1991,8 @@ def _alarm_section(report: BenchReport, rt: LatencyStats, al: AlarmResult) -> st
     ]
     text = (
         "## 3. Alarm → close → recorded\n\n"
-        f"`python -m alerting` runs as its own process. The driver plays {al.alarms:,} households, one alarm at a"
+        "The alerting engine (`python -m alerting`, `GG_ROLE=engine`) runs as its own process, its notify part"
+        f" (`GG_ROLE=notify`) as another. The driver plays {al.alarms:,} households, one alarm at a"
         f" time, each on a different household (after {al.warmup} warm-up alarms): it publishes an `AlarmEvent`"
         " `high_alarm` on the alarm's `event` topic and, as the valve, answers the `close` command at once with"
         " `CommandAck`, `ValveEvent` `closing` and `closed` (with the `cmd_id`) and `CommandResult` `closed` — a"
@@ -2069,8 +2082,8 @@ def _alarm_meaning(rt: LatencyStats, al: AlarmResult) -> str:
         f" the device, against {p50_p99(rt)} for a bare round trip over the same four broker hops. The legs show"
         f" where the rest goes: the alarm reaches alerting's handler in {p50_p99(legs.to_alerting)} and the command"
         f" reaches the valve in {p50_p99(legs.to_valve)}; both include gmqtt's task per message and waiting for"
-        " alerting's event loop, which it shares with the recorder and the notifier (and the driver and"
-        " alerting share the cores with the broker and PostgreSQL). The slowest alarm of"
+        " the engine's event loop, which it shares with its recorder (the notifier is a process of its own; the"
+        " driver and alerting share the cores with the broker and PostgreSQL). The slowest alarm of"
         f" {al.alarms:,} waited {format_ms(al.to_command.maximum)} for its command; the legs' maxima are"
         f" {format_ms(legs.to_alerting.maximum)}, {format_ms(legs.in_alerting.maximum)} and"
         f" {format_ms(legs.to_valve.maximum)}. Recording the closing takes"
