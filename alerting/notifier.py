@@ -6,6 +6,12 @@ Every attempt is recorded with its own out_id. A message counts as delivered onl
 delivery receipt (pushed to `alerting.receipts` or polled here); a webhook's 2xx answer is its
 receipt. When a per-number limit, repeated failures or a negative receipt stop a message, a fallback
 job goes out: a voice call to the same number, or a notice to the duty operators.
+
+In an alarm storm a duty operator's phone is spared: once a number has been sent its burst of operator texts
+within the digest window, further routine operator texts (new-alarm and device notices) are folded into one
+digest SMS per number and window, which counts them when it is sent. Texts that need the operator to act on one
+household at once (a valve that did not close, a resident not reached, alerting itself behind) always go out
+one by one, and the incidents themselves are untouched: the control room shows every one.
 """
 
 from __future__ import annotations
@@ -15,8 +21,8 @@ import contextlib
 import logging
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import asyncpg
@@ -45,7 +51,10 @@ from alerting.providers.voice import VOICE_FOR_SMS, VOICE_SCRIPTS, AliyunVoicePr
 from alerting.providers.webhook import WebhookProvider
 from alerting.recorder import TRANSIENT_DB_ERRORS
 from alerting.templates import (
+    ALARM_OPERATOR,
     ALARM_RESIDENT,
+    DEVICE_NOTICE,
+    OPERATOR_DIGEST,
     TEMPLATES,
     VALVE_CLOSED_TEXT,
     VALVE_UNCONFIRMED_TEXT,
@@ -79,6 +88,15 @@ ALL_SMS_TEMPLATES: dict[str, SmsTemplate] = {**TEMPLATES, **NOTIFY_TEMPLATES}
 
 #: Templates whose ``valve`` parameter is filled from the valve's own report at send time.
 _VALVE_WORDED = frozenset({ALARM_RESIDENT.code, VOICE_FOR_SMS[ALARM_RESIDENT.code]})
+
+#: Operator texts that may be folded into a digest: routine notices, each of which the control room shows. An
+#: allow-list, so a template added later goes out one by one until someone decides otherwise. The valve-not-closed,
+#: resident-unreachable and alerting-behind texts are not on it: each asks the operator to act at once.
+FOLDABLE_TEMPLATES = frozenset({ALARM_OPERATOR.code, DEVICE_NOTICE.code})
+#: Incident kinds whose operator texts are never folded, whatever template their escalation uses.
+NEVER_FOLDED_KINDS = frozenset({"valve_not_closed", "alerting_behind"})
+#: The digest of a job without an incident (a fallback's place).
+DIGEST_PLACE = "多户"
 
 REASON_LIMITED = "限额"
 REASON_FAILED = "发送失败"
@@ -121,6 +139,11 @@ class NotificationSettings(BaseSettings):
     #: ``null`` exempts the role. Duty operators and emergency management must not be cut off in an
     #: alarm storm (one text per household and step), so by default only residents are limited.
     role_daily_limits: dict[str, int | None] = Field(default_factory=lambda: dict(_UNLIMITED_ROLES))
+    #: Operator SMS digest: a duty operator's number that has already been sent this many operator texts within the
+    #: window gets further routine ones (new alarms, device notices) as one digest SMS per window, due at the
+    #: window's end. Valve-not-closed, resident-unreachable and alerting-behind texts always go out on their own.
+    operator_burst: int = Field(default=5, ge=1)
+    operator_digest_window_s: int = Field(default=300, ge=10)
     #: Poll for a receipt when a message has been sent this long without one, then this often.
     reconcile_after_s: float = Field(default=300.0, gt=0)
     reconcile_interval_s: float = Field(default=60.0, gt=0)
@@ -199,6 +222,7 @@ class Job:
     channel: Channel = "sms"
     recipient_role: str = "resident"
     incident_id: int | None = None
+    incident_kind: str | None = None
 
 
 _CLAIM_SQL = f"""
@@ -209,7 +233,31 @@ FROM (SELECT id FROM notification_outbox
       ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) due
 WHERE o.id = due.id
 RETURNING o.id, o.incident_id, o.channel, o.recipient, o.recipient_role, o.template, o.params, o.attempts,
-          (SELECT i.valve_closed_at IS NOT NULL FROM incident i WHERE i.id = o.incident_id) AS valve_closed
+          (SELECT i.valve_closed_at IS NOT NULL FROM incident i WHERE i.id = o.incident_id) AS valve_closed,
+          (SELECT i.kind FROM incident i WHERE i.id = o.incident_id) AS incident_kind
+"""
+
+#: Operator texts this number was sent, or is being sent (an attempt not finished within a lease), in the window.
+_OPERATOR_RECENT_SQL = f"""
+SELECT count(*) FROM notification_attempt a JOIN notification_outbox o ON o.id = a.outbox_id
+WHERE a.recipient = $1 AND a.channel = 'sms' AND o.recipient_role = 'operator'
+  AND a.started_at > now() - make_interval(secs => $2)
+  AND (a.outcome = 'sent' OR (a.outcome IS NULL AND a.started_at > now() - interval '{LEASE_S} seconds'))
+"""
+
+_DIGEST_UPSERT_SQL = f"""
+INSERT INTO notification_outbox (channel, recipient, recipient_role, template, params, step_key, next_attempt_at)
+VALUES ('sms', $1, 'operator', '{OPERATOR_DIGEST.code}', $2, $3, $4)
+ON CONFLICT (recipient, step_key) WHERE template = '{OPERATOR_DIGEST.code}'
+DO UPDATE SET recipient = EXCLUDED.recipient
+RETURNING id, attempts
+"""
+
+_DIGEST_COUNT_SQL = """
+SELECT count(DISTINCT o.incident_id) + count(*) FILTER (WHERE o.incident_id IS NULL) AS n,
+       count(DISTINCT o.incident_id) FILTER (WHERE i.severity = 'critical') AS critical
+FROM notification_outbox o LEFT JOIN incident i ON i.id = o.incident_id
+WHERE o.digest_id = $1 AND o.status = 'digested'
 """
 
 _SENT_TODAY_SQL = """
@@ -268,7 +316,7 @@ async def enqueue_fallback(conn: DbConn, outbox_id: int, reason: str, policy: Fa
     if row is None:
         return 0
     place_raw = await conn.fetchval(_PLACE_SQL, row["incident_id"]) if row["incident_id"] is not None else None
-    place = short_place(place_raw or f"事件{row['incident_id']}")
+    place = short_place(place_raw or (f"事件{row['incident_id']}" if row["incident_id"] is not None else DIGEST_PLACE))
     plan = plan_fallback(
         channel=row["channel"],
         recipient_role=row["recipient_role"],
@@ -395,6 +443,8 @@ class Notifier:
         reconcile_give_up_s: float = 2 * 86400.0,
         batch_size: int = 50,
         concurrency: int = 8,
+        operator_burst: int | None = 5,
+        operator_digest_window_s: int = 300,
     ) -> None:
         self._dsn = dsn
         self._providers = dict(providers)
@@ -409,7 +459,10 @@ class Notifier:
         self._reconcile_give_up_s = reconcile_give_up_s
         self._batch_size = batch_size
         self._concurrency = concurrency
+        self._operator_burst = operator_burst
+        self._digest_window_s = operator_digest_window_s
         self.sent = 0
+        self.digested = 0
 
     def provider(self, channel: str) -> Provider | None:
         """The provider that sends on ``channel`` (``sms``, ``voice``, ``webhook``), if one is configured."""
@@ -519,6 +572,7 @@ class Notifier:
                 channel=r["channel"],
                 recipient_role=r["recipient_role"],
                 incident_id=r["incident_id"],
+                incident_kind=r["incident_kind"],
             )
             for r in rows
         ]
@@ -564,9 +618,89 @@ class Notifier:
             text=text,
         )
 
+    def foldable(self, job: Job) -> bool:
+        """Whether this job may be folded into its number's digest once the number has had its burst."""
+        return (
+            self._operator_burst is not None
+            and job.channel == "sms"
+            and job.recipient_role == "operator"
+            and job.template in FOLDABLE_TEMPLATES
+            and job.incident_kind not in NEVER_FOLDED_KINDS
+        )
+
+    async def _fold_or_start(self, conn: DbConn, job: Job, out_id: str, provider: Provider) -> int | None:
+        """Fold the job into its number's digest (returns the digest's id) or record its attempt as started.
+
+        Under a per-number advisory lock, so senders in other processes count this attempt before deciding
+        on theirs: at most the burst goes out one by one per window, and one digest per number and window
+        exists (the unique index besides).
+        """
+        assert self._operator_burst is not None
+        async with conn.transaction():
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended('gg-operator-digest:' || $1, 0))", job.recipient
+            )
+            recent = await conn.fetchval(_OPERATOR_RECENT_SQL, job.recipient, float(self._digest_window_s))
+            if recent < self._operator_burst:
+                await conn.execute(
+                    "INSERT INTO notification_attempt (outbox_id, attempt, out_id, channel, provider, recipient,"
+                    " template) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+                    job.id,
+                    job.attempts,
+                    out_id,
+                    job.channel,
+                    provider.name,
+                    job.recipient,
+                    job.template,
+                )
+                return None
+            now: datetime = await conn.fetchval("SELECT now()")
+            window = int(now.timestamp()) // self._digest_window_s
+            while True:
+                start = window * self._digest_window_s
+                row = await conn.fetchrow(
+                    _DIGEST_UPSERT_SQL,
+                    job.recipient,
+                    {"since": county_time(datetime.fromtimestamp(start, UTC))},
+                    f"digest:{start}",
+                    datetime.fromtimestamp(start + self._digest_window_s, UTC),
+                )
+                assert row is not None
+                if row["attempts"] == 0:
+                    break
+                # This window's digest is already being sent (and counted): the job goes in the next one.
+                window += 1
+            digest_id: int = row["id"]
+            await conn.execute(
+                "UPDATE notification_outbox SET status = 'digested', digest_id = $2, last_error = NULL WHERE id = $1",
+                job.id,
+                digest_id,
+            )
+        self.digested += 1
+        return digest_id
+
+    async def _digest_params(self, conn: DbConn, job: Job) -> dict[str, str]:
+        """The digest's parameters, counting the jobs folded into it by now.
+
+        The digest's row lock waits for a sender still folding into it; one that folds after this has seen
+        the digest claimed (attempts > 0) and uses the next window's.
+        """
+        async with conn.transaction():
+            await conn.execute("SELECT 1 FROM notification_outbox WHERE id = $1 FOR UPDATE", job.id)
+            counts = await conn.fetchrow(_DIGEST_COUNT_SQL, job.id)
+        assert counts is not None
+        limit = 10 ** OPERATOR_DIGEST.max_param_chars["n"] - 1
+        return {
+            **job.params,
+            "n": str(min(int(counts["n"]), limit)),
+            "critical": str(min(int(counts["critical"]), limit)),
+        }
+
     async def _send(self, conn: DbConn, job: Job) -> None:
         out_id = f"gg-{job.id}-{job.attempts}"
         provider = self._providers.get(job.channel)
+        if job.template == OPERATOR_DIGEST.code:
+            job = replace(job, params=await self._digest_params(conn, job))
         try:
             if provider is None:
                 raise ValueError(f"no provider for channel {job.channel}")  # noqa: TRY301 - handled as a refusal
@@ -576,6 +710,8 @@ class Notifier:
                 today = await conn.fetchval(_SENT_TODAY_SQL, job.recipient, job.template, provider.name)
                 if today >= limit:
                     raise Limited("GasGuard.DailyLimit", f"{today} of {limit} today to this number")  # noqa: TRY301
+            if self.foldable(job) and await self._fold_or_start(conn, job, out_id, provider) is not None:
+                return
         except Limited as err:
             await self._blocked(conn, job, out_id, provider, err)
             return
@@ -753,6 +889,8 @@ def build(settings: AlertingSettings, http: httpx.AsyncClient, notify: Notificat
         reconcile_after_s=notify.reconcile_after_s,
         reconcile_interval_s=notify.reconcile_interval_s,
         reconcile_give_up_s=notify.reconcile_give_up_s,
+        operator_burst=notify.operator_burst,
+        operator_digest_window_s=notify.operator_digest_window_s,
     )
 
 

@@ -99,6 +99,15 @@ ALERTING_DB_DOWN_OPERATOR = SmsTemplate(
     max_param_chars={"lag": 5, "time": 11},
 )
 
+#: To a duty operator's phone in an alarm storm, once per window, in place of the operator texts folded into it
+#: (`alerting.notifier`): ``n`` incidents (``critical`` of them critical) since ``since`` were not texted one by one.
+#: Every one of them is on the control-room board; only the phone is spared.
+OPERATOR_DIGEST = SmsTemplate(
+    code="SMS_GG_OPERATOR_DIGEST",
+    text="短信汇总：${since}起另有${n}起事件（其中紧急${critical}起）未逐条发短信，请到监控中心查看。",
+    max_param_chars={"since": 11, "n": 6, "critical": 6},
+)
+
 TEMPLATES: dict[str, SmsTemplate] = {
     t.code: t
     for t in (
@@ -109,6 +118,7 @@ TEMPLATES: dict[str, SmsTemplate] = {
         DEVICE_NOTICE,
         ALERTING_BEHIND_OPERATOR,
         ALERTING_DB_DOWN_OPERATOR,
+        OPERATOR_DIGEST,
     )
 }
 
