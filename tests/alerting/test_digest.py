@@ -22,6 +22,9 @@ from alerting.providers.webhook import WebhookProvider
 from alerting.settings import AlertingSettings
 from alerting.templates import OPERATOR_DIGEST, SMS_MAX_CHARS
 from gasguard.db import open_pool
+from registry.app import create_app
+from registry.auth import Role, create_user, issue_token
+from registry.settings import RegistrySettings
 from tests.alerting.test_notifier import outbox, queue, receipt_endpoint
 from tests.alerting.test_providers import KEY_ID, KEY_SECRET, SIGN, WEBHOOK_SECRET, FullSandbox
 from tests.support.rows import add_household
@@ -427,3 +430,31 @@ async def test_build_passes_the_digest_settings(
     [digest] = await digests(db)
     assert await db.fetchval("SELECT $1 - now() <= interval '60 seconds'", digest["next_attempt_at"])
     assert timedelta(0) < digest["next_attempt_at"] - digest["created_at"] <= timedelta(seconds=60)
+
+
+async def test_the_control_room_shows_a_folded_text_as_digested(
+    db: asyncpg.Connection, database_url: str, full_sandbox: FullSandbox
+) -> None:
+    incidents = [await incident(db, n) for n in range(1, BURST + 2)]
+    for order, incident_id in enumerate(incidents):
+        await operator_alarm(db, incident_id, order=order)
+    await clear_of_window_end(db)
+    async with httpx.AsyncClient() as http:
+        await drain(digest_notifier(database_url, full_sandbox, http), db)
+    operator = await create_user(
+        db, username="op-li", password=None, display_name="李值班", role=Role.DUTY_OPERATOR, supplier="乌审中燃"
+    )
+    headers = {"Authorization": f"Bearer {await issue_token(db, user_id=operator.id, name='t')}"}
+    app = create_app(RegistrySettings(database_url=database_url))
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://registry.test") as client,
+    ):
+        answer = await client.get(f"/incidents/{incidents[-1]}", headers=headers)
+        assert answer.status_code == 200
+        [notification] = answer.json()["notifications"]
+        assert notification["status"] == "digested" and notification["template"] == "SMS_GG_ALARM_OPERATOR"
+        # The incident itself is on the board like every other.
+        board = await client.get("/incidents", headers=headers)
+        assert board.status_code == 200
+        assert {item["id"] for item in board.json()["items"]} >= set(incidents)

@@ -92,7 +92,9 @@ export const TIMELINE_NAMES = Object.freeze({
   caught_up: "报警服务已追上",
 });
 
-export const NOTIFICATION_STATUS_NAMES = Object.freeze({ pending: "待发送", sent: "已发送", delivered: "已送达", failed: "发送失败" });
+export const NOTIFICATION_STATUS_NAMES = Object.freeze({
+  pending: "待发送", sent: "已发送", delivered: "已送达", failed: "发送失败", digested: "已并入汇总短信",
+});
 export const RECIPIENT_ROLE_NAMES = Object.freeze({ resident: "住户", operator: "值班员", emergency: "应急管理" });
 export const COMMAND_STATE_NAMES = Object.freeze({
   sent: "已发送", acked: "设备已应答", refused: "设备拒绝", confirmed: "已确认关闭", failed: "失败", expired: "已过期",
