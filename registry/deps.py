@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Annotated, Generic, TypeVar
 
@@ -59,6 +59,15 @@ class RegistryState:
     settings: RegistrySettings
     pool: asyncpg.Pool
     database_reachable: bool | None = None
+    #: Requests wait for a pooled connection here, first come first served. asyncpg's pool queue is not
+    #: fair: a connection put back wakes the oldest waiter, but a request arriving meanwhile can take it
+    #: first, and the woken one queues again at the back. Under overload (32 clients in a closed loop on
+    #: 10 connections a worker) that starved some requests past ``db_timeout_s`` into 503s while others
+    #: went straight through; asyncio's semaphore hands a freed slot to its oldest waiter.
+    request_slots: asyncio.Semaphore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.request_slots = asyncio.Semaphore(self.settings.db_pool_max)
 
     def record_database(self, *, reachable: bool, error: BaseException | None = None) -> None:
         """Remember whether the database answered; log only when that changes."""
@@ -108,16 +117,26 @@ PoolDep = Annotated[asyncpg.Pool, Depends(get_pool)]
 
 async def get_conn(state: StateDep) -> AsyncIterator[Conn]:
     """Borrow a pooled connection for one request; 503 if none can be had within the DB timeout."""
+    slots = state.request_slots
     try:
-        conn = await state.pool.acquire(timeout=state.settings.db_timeout_s)
-    except CONNECT_ERRORS as err:
+        async with asyncio.timeout(state.settings.db_timeout_s):
+            await slots.acquire()
+            try:
+                conn = await state.pool.acquire()
+            except BaseException:
+                slots.release()
+                raise
+    except CONNECT_ERRORS as err:  # TimeoutError (none in time) is an OSError, as the pool's own timeout was
         state.record_database(reachable=False, error=err)
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=DATABASE_UNAVAILABLE) from err
     state.record_database(reachable=True)
     try:
         yield conn
     finally:
-        await state.pool.release(conn)
+        try:
+            await state.pool.release(conn)
+        finally:
+            slots.release()
 
 
 ConnDep = Annotated[Conn, Depends(get_conn)]
