@@ -375,7 +375,7 @@ class NotificationPublic(_Public):
     recipient: MaskedPhone
     recipient_role: Literal["resident", "operator", "emergency"]
     template: str
-    status: Literal["pending", "sent", "delivered", "failed", "digested"]
+    status: Literal["pending", "sent", "delivered", "failed", "undeliverable", "blocked", "digested"]
     attempts: int
     created_at: datetime
     sent_at: datetime | None

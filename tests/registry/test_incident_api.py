@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -242,3 +243,24 @@ async def test_cluster_incident_is_listed_county_wide_but_not_to_a_supplier(desk
     by_operator = await desk.client.get("/incidents", headers=desk.operator, params={"kind": "cluster"})
     assert by_operator.status_code == 200
     assert by_operator.json()["items"] == []
+
+
+async def test_every_outbox_status_the_database_allows_shows_on_the_incident(desk: Desk) -> None:
+    """The incident page lists its texts whatever became of them (a status it did not know answered 500)."""
+    definition = await desk.db.fetchval(
+        "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'notification_outbox_status_ck'"
+    )
+    statuses = sorted(set(re.findall(r"'(\w+)'", definition)) - {"digested"})  # a digested text needs its digest
+    assert {"pending", "sent", "delivered", "failed", "undeliverable", "blocked"} <= set(statuses)
+    for n, status in enumerate(statuses):
+        await desk.db.execute(
+            "INSERT INTO notification_outbox (incident_id, channel, recipient, recipient_role, template, status,"
+            " step_key) VALUES ($1, 'sms', '13900000001', 'operator', 'SMS_GG_ALARM_OPERATOR', $2, $3)",
+            desk.incident,
+            status,
+            f"status-{n}",
+        )
+    answer = await desk.client.get(f"/incidents/{desk.incident}", headers=desk.operator)
+    assert answer.status_code == 200, answer.text
+    shown = {n["status"] for n in answer.json()["notifications"]}
+    assert set(statuses) <= shown

@@ -93,7 +93,8 @@ export const TIMELINE_NAMES = Object.freeze({
 });
 
 export const NOTIFICATION_STATUS_NAMES = Object.freeze({
-  pending: "待发送", sent: "已发送", delivered: "已送达", failed: "发送失败", digested: "已并入汇总短信",
+  pending: "待发送", sent: "已发送", delivered: "已送达", failed: "发送失败", undeliverable: "未送达",
+  blocked: "超出限额未发送", digested: "已并入汇总短信",
 });
 export const RECIPIENT_ROLE_NAMES = Object.freeze({ resident: "住户", operator: "值班员", emergency: "应急管理" });
 export const COMMAND_STATE_NAMES = Object.freeze({
