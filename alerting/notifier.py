@@ -424,6 +424,21 @@ async def _settle(
     return "undeliverable"
 
 
+async def _start_attempt(conn: DbConn, job: Job, out_id: str, provider: Provider) -> None:
+    """Record that an attempt to send ``job`` through ``provider`` begins (before the provider is called)."""
+    await conn.execute(
+        "INSERT INTO notification_attempt (outbox_id, attempt, out_id, channel, provider, recipient, template)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+        job.id,
+        job.attempts,
+        out_id,
+        job.channel,
+        provider.name,
+        job.recipient,
+        job.template,
+    )
+
+
 class Notifier:
     """Outbox sender loop, plus polling reconciliation of receipts."""
 
@@ -642,17 +657,7 @@ class Notifier:
             )
             recent = await conn.fetchval(_OPERATOR_RECENT_SQL, job.recipient, float(self._digest_window_s))
             if recent < self._operator_burst:
-                await conn.execute(
-                    "INSERT INTO notification_attempt (outbox_id, attempt, out_id, channel, provider, recipient,"
-                    " template) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-                    job.id,
-                    job.attempts,
-                    out_id,
-                    job.channel,
-                    provider.name,
-                    job.recipient,
-                    job.template,
-                )
+                await _start_attempt(conn, job, out_id, provider)
                 return None
             now: datetime = await conn.fetchval("SELECT now()")
             window = int(now.timestamp()) // self._digest_window_s
@@ -719,17 +724,7 @@ class Notifier:
             await self._finish(conn, job, "failed", str(err), fallback=REASON_FAILED)
             _LOGGER.error("outbox job %d refused: %s", job.id, err)  # noqa: TRY400 - an answer, not a crash
             return
-        await conn.execute(
-            "INSERT INTO notification_attempt (outbox_id, attempt, out_id, channel, provider, recipient, template)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-            job.id,
-            job.attempts,
-            out_id,
-            job.channel,
-            provider.name,
-            job.recipient,
-            job.template,
-        )
+        await _start_attempt(conn, job, out_id, provider)
         try:
             sent = await provider.send(message)
         except Limited as err:

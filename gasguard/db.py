@@ -12,8 +12,9 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
-from alembic import command
+from alembic import command, op
 from alembic.config import Config
+from sqlalchemy.util import await_only
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -51,6 +52,17 @@ def sqlalchemy_url(dsn: str) -> str:
     if parts.scheme not in {"postgresql", "postgres"}:
         raise ValueError(f"expected a postgresql:// DSN, got {parts.scheme!r}")
     return urlunsplit(parts._replace(scheme="postgresql+asyncpg"))
+
+
+def execute_script(sql: str) -> None:
+    """Run a multi-statement SQL script from inside a migration.
+
+    asyncpg runs a multi-statement script only through its simple-query path, not as a prepared
+    statement, so the script goes to the driver connection under Alembic's directly.
+    """
+    driver = op.get_bind().connection.driver_connection
+    assert driver is not None
+    await_only(driver.execute(sql))
 
 
 def alembic_config(dsn: str) -> Config:

@@ -7,7 +7,8 @@ Create Date: 2026-11-29
 
 from alembic import op
 from sqlalchemy import text
-from sqlalchemy.util import await_only
+
+from gasguard.db import execute_script
 
 revision = "0001"
 down_revision = None
@@ -259,20 +260,12 @@ SELECT add_retention_policy('telemetry', interval '400 days');
 """
 
 
-def _execute_script(sql: str) -> None:
-    # asyncpg runs a multi-statement script only through its simple-query path, not as a
-    # prepared statement, so hand the script to the driver connection directly.
-    driver = op.get_bind().connection.driver_connection
-    assert driver is not None
-    await_only(driver.execute(sql))
-
-
 def upgrade() -> None:
-    _execute_script(SCHEMA)
+    execute_script(SCHEMA)
     has_timescale = (
         op.get_bind().execute(text("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'")).scalar()
     )
-    _execute_script(TIMESCALE if has_timescale else PLAIN_INDEXES)
+    execute_script(TIMESCALE if has_timescale else PLAIN_INDEXES)
 
 
 def downgrade() -> None:

@@ -5,8 +5,7 @@ Revises: 0001
 Create Date: 2026-11-29
 """
 
-from alembic import op
-from sqlalchemy.util import await_only
+from gasguard.db import execute_script
 
 revision = "0002_alerting"
 down_revision = "0001"
@@ -126,16 +125,9 @@ ALTER TABLE notification_outbox ADD CONSTRAINT notification_outbox_once_per_step
 """
 
 
-def _execute_script(sql: str) -> None:
-    # asyncpg runs a multi-statement script only through its simple-query path (see 0001).
-    driver = op.get_bind().connection.driver_connection
-    assert driver is not None
-    await_only(driver.execute(sql))
-
-
 def upgrade() -> None:
     """Apply the alerting lifecycle schema."""
-    _execute_script(SCHEMA)
+    execute_script(SCHEMA)
 
 
 def downgrade() -> None:

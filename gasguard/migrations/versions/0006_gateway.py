@@ -5,8 +5,7 @@ Revises: 0001
 Create Date: 2026-11-29
 """
 
-from alembic import op
-from sqlalchemy.util import await_only
+from gasguard.db import execute_script
 
 revision = "0006_gateway"
 down_revision = "0001"
@@ -87,19 +86,12 @@ CREATE TRIGGER modbus_controller_directory AFTER INSERT OR UPDATE OR DELETE ON m
 """
 
 
-def _execute_script(sql: str) -> None:
-    # asyncpg runs a multi-statement script only through its simple-query path.
-    driver = op.get_bind().connection.driver_connection
-    assert driver is not None
-    await_only(driver.execute(sql))
-
-
 def upgrade() -> None:
-    _execute_script(SCHEMA)
+    execute_script(SCHEMA)
 
 
 def downgrade() -> None:
-    _execute_script(
+    execute_script(
         """
         DROP TABLE downlink_queue;
         DROP TABLE quarantine;

@@ -11,7 +11,8 @@ Create Date: 2026-11-29
 
 from alembic import op
 from sqlalchemy import text
-from sqlalchemy.util import await_only
+
+from gasguard.db import execute_script
 
 revision = "0007_ingest"
 down_revision = "0001"
@@ -63,21 +64,14 @@ DROP FUNCTION gg_utc_hour(timestamptz);
 """
 
 
-def _execute_script(sql: str) -> None:
-    # asyncpg runs a multi-statement script only through its simple-query path (see 0001).
-    driver = op.get_bind().connection.driver_connection
-    assert driver is not None
-    await_only(driver.execute(sql))
-
-
 def _has_timescale() -> bool:
     # 0001 installed the extension (and made telemetry a hypertable) exactly when it was available.
     return bool(op.get_bind().execute(text("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'")).scalar())
 
 
 def upgrade() -> None:
-    _execute_script(TIMESCALE if _has_timescale() else PLAIN)
+    execute_script(TIMESCALE if _has_timescale() else PLAIN)
 
 
 def downgrade() -> None:
-    _execute_script(DOWN_TIMESCALE if _has_timescale() else DOWN_PLAIN)
+    execute_script(DOWN_TIMESCALE if _has_timescale() else DOWN_PLAIN)

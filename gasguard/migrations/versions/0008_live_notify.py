@@ -11,8 +11,7 @@ Revises: 0002_alerting
 Create Date: 2026-11-29
 """
 
-from alembic import op
-from sqlalchemy.util import await_only
+from gasguard.db import execute_script
 
 revision = "0008_live"
 down_revision = "0002_alerting"
@@ -87,21 +86,14 @@ CREATE TRIGGER device_state_live AFTER INSERT OR UPDATE ON device_state
 """
 
 
-def _execute_script(sql: str) -> None:
-    # asyncpg runs a multi-statement script only through its simple-query path (see 0001).
-    driver = op.get_bind().connection.driver_connection
-    assert driver is not None
-    await_only(driver.execute(sql))
-
-
 def upgrade() -> None:
     """Add the live-update triggers."""
-    _execute_script(SCHEMA)
+    execute_script(SCHEMA)
 
 
 def downgrade() -> None:
     """Drop the live-update triggers."""
-    _execute_script(
+    execute_script(
         """
         DROP TRIGGER device_state_live ON device_state;
         DROP TRIGGER valve_command_attempt_live ON valve_command_attempt;

@@ -5,8 +5,7 @@ Revises: 0003_notify (and needs 0002_alerting's incident kinds)
 Create Date: 2026-11-29
 """
 
-from alembic import op
-from sqlalchemy.util import await_only
+from gasguard.db import execute_script
 
 revision = "0009_alerting"
 down_revision = "0003_notify"
@@ -31,15 +30,8 @@ CREATE INDEX household_place_idx ON household (community_code, building);
 """
 
 
-def _execute_script(sql: str) -> None:
-    # asyncpg runs a multi-statement script only through its simple-query path.
-    driver = op.get_bind().connection.driver_connection
-    assert driver is not None
-    await_only(driver.execute(sql))
-
-
 def upgrade() -> None:
-    _execute_script(SCHEMA)
+    execute_script(SCHEMA)
 
 
 def downgrade() -> None:

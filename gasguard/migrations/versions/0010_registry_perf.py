@@ -5,8 +5,7 @@ Revises: 0005_programme
 Create Date: 2026-11-29
 """
 
-from alembic import op
-from sqlalchemy.util import await_only
+from gasguard.db import execute_script
 
 revision = "0010_registry"
 down_revision = "0005_programme"
@@ -69,15 +68,8 @@ CREATE TRIGGER settlement_statement_line_no_truncate BEFORE TRUNCATE ON settleme
 """
 
 
-def _execute_script(sql: str) -> None:
-    # asyncpg runs a multi-statement script only through its simple-query path (see 0001).
-    driver = op.get_bind().connection.driver_connection
-    assert driver is not None
-    await_only(driver.execute(sql))
-
-
 def upgrade() -> None:
-    _execute_script(SCHEMA)
+    execute_script(SCHEMA)
 
 
 def downgrade() -> None:

@@ -5,8 +5,7 @@ Revises: 0013_alerting_behind
 Create Date: 2026-11-29
 """
 
-from alembic import op
-from sqlalchemy.util import await_only
+from gasguard.db import execute_script
 
 revision = "0014_operator_digest"
 down_revision = "0013_alerting_behind"
@@ -32,15 +31,8 @@ CREATE INDEX notification_attempt_recent_idx ON notification_attempt (recipient,
 """
 
 
-def _execute_script(sql: str) -> None:
-    # asyncpg runs a multi-statement script only through its simple-query path.
-    driver = op.get_bind().connection.driver_connection
-    assert driver is not None
-    await_only(driver.execute(sql))
-
-
 def upgrade() -> None:
-    _execute_script(SCHEMA)
+    execute_script(SCHEMA)
 
 
 def downgrade() -> None:
