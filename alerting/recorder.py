@@ -32,10 +32,6 @@ _LOGGER = logging.getLogger(__name__)
 #: (each commit waits for its WAL flush); a storm of 36,000 households must be stored in minutes.
 BATCH_MAX = 200
 
-#: After an idle spell, the recorder waits this long before writing what has arrived: time for the close
-#: command just published to reach the valve before PostgreSQL's work competes with it for the CPU.
-SETTLE_S = 0.005
-
 TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
@@ -149,12 +145,6 @@ class Recorder:
                 if from_backlog:
                     batch = list(itertools.islice(self._backlog, self._batch_max))
                 else:
-                    if not self._carry and self._queue.empty():
-                        self._carry = [await self._queue.get()]  # wait for the next record …
-                        # … then let the alarm path finish first: the close command it has just published
-                        # still has to cross the broker to the valve, and a transaction started now would
-                        # take the CPU from it (PostgreSQL's backend and this process on the same cores).
-                        await asyncio.sleep(SETTLE_S)
                     batch = self._carry or [await self._queue.get()]
                     while len(batch) < self._batch_max and not self._queue.empty():
                         batch.append(self._queue.get_nowait())
