@@ -15,7 +15,13 @@ ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 
-APP_SERVICES = {"ingest": "ingest", "alerting": "alerting", "gateway": "gateway", "registry": "registry"}
+APP_SERVICES = {
+    "ingest": "ingest",
+    "alerting": "alerting",
+    "alerting-notify": "alerting",
+    "gateway": "gateway",
+    "registry": "registry",
+}
 ALL_SERVICES = {"timescaledb", "mosquitto", "migrate", *APP_SERVICES, "simulator"}
 # Variables that would change what the file resolves to; the tests pin them.
 _COMPOSE_VARIABLES = {"POSTGRES_PASSWORD", "GG_LOG_LEVEL", "COMPOSE_FILE", "COMPOSE_PROFILES", "COMPOSE_PROJECT_NAME"}
@@ -144,6 +150,15 @@ def test_database_and_broker_urls(env_file: Path) -> None:
             environment = services[name]["environment"]
             assert environment["GG_DATABASE_URL"] == f"postgresql://postgres:{password}@timescaledb:5432/gasguard"
             assert environment["GG_MQTT_URL"] == "mqtt://mosquitto:1883"
+
+
+def test_alerting_runs_its_engine_and_its_notify_part_apart(env_file: Path) -> None:
+    """The alarm path has a container to itself; outbox, receipts and escalation run beside it."""
+    services = resolved(env_file)["services"]
+    assert services["alerting"]["environment"]["GG_ROLE"] == "engine"
+    assert services["alerting-notify"]["environment"]["GG_ROLE"] == "notify"
+    # Only the engine journals records during a database outage, so only it needs the spool volume.
+    assert any("alerting-spool" in str(v) for v in services["alerting"]["volumes"])
 
 
 def test_registry_is_published_and_health_checked(env_file: Path) -> None:
