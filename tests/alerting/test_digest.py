@@ -14,19 +14,15 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from alerting.notifier import DIGEST_PLACE, FallbackPolicy, NotificationSettings, Notifier, build
-from alerting.providers.aliyun import AliyunSmsProvider
-from alerting.providers.base import Provider
-from alerting.providers.voice import AliyunVoiceProvider
-from alerting.providers.webhook import WebhookProvider
+from alerting.notifier import DIGEST_PLACE, NotificationSettings, Notifier, build
 from alerting.settings import AlertingSettings
 from alerting.templates import OPERATOR_DIGEST, SMS_MAX_CHARS
 from gasguard.db import open_pool
 from registry.app import create_app
 from registry.auth import Role, create_user, issue_token
 from registry.settings import RegistrySettings
-from tests.alerting.test_notifier import outbox, queue, receipt_endpoint
-from tests.alerting.test_providers import KEY_ID, KEY_SECRET, SIGN, WEBHOOK_SECRET, FullSandbox
+from tests.alerting.test_notifier import notifier, outbox, queue, receipt_endpoint
+from tests.alerting.test_providers import KEY_ID, KEY_SECRET, SIGN, FullSandbox
 from tests.support.rows import add_household
 
 OPERATOR = "13900000001"
@@ -45,28 +41,11 @@ def digest_notifier(
     batch_size: int = 50,
     burst: int = BURST,
 ) -> Notifier:
-    aliyun = AliyunSmsProvider(
-        endpoint=sandbox.aliyun_url, access_key_id=KEY_ID, access_key_secret=KEY_SECRET, sign_name=SIGN, client=http
-    )
-    providers: dict[str, Provider] = {
-        "sms": aliyun,
-        "webhook": WebhookProvider(url=sandbox.webhook_url, secret=WEBHOOK_SECRET, client=http),
-    }
-    if voice:
-        providers["voice"] = AliyunVoiceProvider(
-            endpoint=sandbox.voice_url,
-            access_key_id=KEY_ID,
-            access_key_secret=KEY_SECRET,
-            show_number="0477",
-            client=http,
-        )
-    return Notifier(
+    return notifier(
         dsn,
-        providers,
-        sign_name=SIGN,
-        max_attempts=5,
-        policy=FallbackPolicy(voice=voice, operator_phones=()),
-        receipt_sources=[aliyun],
+        sandbox,
+        http,
+        voice=voice,
         batch_size=batch_size,
         operator_burst=burst,
         operator_digest_window_s=WINDOW_S,

@@ -109,6 +109,9 @@ def notifier(
     role_limits: dict[str, int | None] | None = None,
     max_attempts: int = 5,
     sms: Provider | None = None,
+    batch_size: int = 50,
+    operator_burst: int | None = 5,
+    operator_digest_window_s: int = 300,
 ) -> Notifier:
     aliyun = AliyunSmsProvider(
         endpoint=sandbox.aliyun_url, access_key_id=KEY_ID, access_key_secret=KEY_SECRET, sign_name=SIGN, client=http
@@ -135,6 +138,9 @@ def notifier(
         role_daily_limits=role_limits,
         receipt_sources=[aliyun],
         reconcile_after_s=0.001,
+        batch_size=batch_size,
+        operator_burst=operator_burst,
+        operator_digest_window_s=operator_digest_window_s,
     )
 
 
