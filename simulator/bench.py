@@ -700,8 +700,13 @@ class _Run:
         return self.workdir / f"{name}.log"
 
 
-async def bench_round_trip(run: _Run, *, count: int, warmup: int) -> RoundTripResult:
-    """Measure ``count`` sequential QoS 1 round trips through the broker to an echo process and back."""
+async def bench_round_trip(run: _Run, *, count: int, warmup: int, gap_s: float = 0.0) -> RoundTripResult:
+    """Measure ``count`` sequential QoS 1 round trips through the broker to an echo process and back.
+
+    Back to back by default; with ``gap_s``, paced like a measurement that pauses between its samples (a
+    pause lets the processes and the virtual CPUs fall idle, and waking them costs time a tight loop
+    never pays).
+    """
     root = f"bench-rt-{secrets.token_hex(3)}"
     ping, pong = f"{root}/ping", f"{root}/pong"
     job = EchoJob(url=run.broker.url, ping=ping, pong=pong, client_id=f"{root}-echo", deadline_s=300)
@@ -736,9 +741,12 @@ async def bench_round_trip(run: _Run, *, count: int, warmup: int) -> RoundTripRe
                     raise BenchError(f"round trip {i} got no answer within 5 s") from err
                 if i >= warmup:
                     samples.append(arrived - sent)
+                if gap_s:
+                    await asyncio.sleep(gap_s)
     result = RoundTripResult(latency=LatencyStats.of(samples), payload_bytes=10)
     _LOGGER.info(
-        "bare round trip: p50 %s, p99 %s, max %s",
+        "bare round trip%s: p50 %s, p99 %s, max %s",
+        f" ({gap_s * 1000:g} ms apart)" if gap_s else "",
         format_ms(result.latency.p50),
         format_ms(result.latency.p99),
         format_ms(result.latency.maximum),

@@ -179,6 +179,8 @@ class LoadResult:
     received: int
     receive_rate: float
     round_trip: RoundTripResult
+    #: The bare round trip under the same load, paced like the alarms.
+    round_trip_paced: RoundTripResult
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +232,7 @@ class AlertingReport:
     warmup: int
     gap_s: float
     round_trip: RoundTripResult
+    round_trip_paced: RoundTripResult
     idle: LatencyStats
     loaded: LatencyStats
     load: LoadResult
@@ -375,6 +378,7 @@ async def _with_load(
         await asyncio.sleep(3.0)  # let the load reach its pace before measuring under it
         result = await measure()
         round_trip = await bench_round_trip(run, count=options.round_trips, warmup=100)
+        round_trip_paced = await _paced_round_trip(run, options)
         published = []
         for publisher in publishers:
             assert publisher.process.stdin is not None
@@ -394,8 +398,16 @@ async def _with_load(
         received=received,
         receive_rate=received / receive_span if receive_span > 0 else 0.0,
         round_trip=round_trip,
+        round_trip_paced=round_trip_paced,
     )
     return result, load
+
+
+async def _paced_round_trip(run: _Run, options: Options) -> RoundTripResult:
+    """The bare round trip sampled like the alarms: as many, with the same pause after each."""
+    return await bench_round_trip(
+        run, count=options.alarms - options.warmup, warmup=options.warmup, gap_s=options.gap_s
+    )
 
 
 async def _count_storm(conn: asyncpg.Connection, household_ids: list[int], since: datetime) -> dict[str, int]:
@@ -564,6 +576,7 @@ async def run_benchmarks(options: Options) -> AlertingReport:
                 _LOGGER.info("seeded %d households, %d alarm/valve devices", county.households, devices)
                 run = _Run(broker=broker, dsn=dsn, workdir=workdir)
                 round_trip = await bench_round_trip(run, count=options.round_trips, warmup=100)
+                round_trip_paced = await _paced_round_trip(run, options)
                 root = f"bench-alerting-{secrets.token_hex(3)}"
                 topics = Topics(root)
                 sms_port = free_tcp_port(LOOPBACK)
@@ -685,6 +698,7 @@ async def run_benchmarks(options: Options) -> AlertingReport:
         warmup=options.warmup,
         gap_s=options.gap_s,
         round_trip=round_trip,
+        round_trip_paced=round_trip_paced,
         idle=idle,
         loaded=loaded,
         load=load,
@@ -701,6 +715,10 @@ def _row(label: str, stats: LatencyStats) -> list[str]:
     return [label, f"{stats.count:,}", *times]
 
 
+def _target_row(label: str, measured: LatencyStats, bare: LatencyStats) -> list[str]:
+    return [label, format_ms(measured.p99), format_ms(3 * bare.p99), _verdict(measured.p99 <= 3 * bare.p99)]
+
+
 def _seconds(value: float | None) -> str:
     return "not within the run" if value is None else f"{value:,.1f} s"
 
@@ -713,9 +731,9 @@ def render_report(report: AlertingReport) -> str:
     """The Markdown report."""
     m, rt, load, storm, mem = report.machine, report.round_trip.latency, report.load, report.storm, report.memory
     load_rt = load.round_trip.latency
+    paced, load_paced = report.round_trip_paced.latency, load.round_trip_paced.latency
+    gap = f"{report.gap_s * 1000:g} ms"
     headers = ["", "samples", "p50", "p90", "p99", "max"]
-    target_idle = report.idle.p99 <= 3 * rt.p99
-    target_loaded = report.loaded.p99 <= 3 * rt.p99
     stored_rate = storm.incidents / storm.incidents_drained_s if storm.incidents_drained_s else 0.0
     sms_rate = storm.sms_accepted / storm.sms_accepted_drained_s if storm.sms_accepted_drained_s else 0.0
     sections = [
@@ -761,12 +779,20 @@ def render_report(report: AlertingReport) -> str:
         markdown_table(
             headers,
             [
-                _row("bare broker round trip, idle", rt),
+                _row("bare broker round trip, idle, back to back", rt),
+                _row(f"bare broker round trip, idle, one every {gap} like the alarms", paced),
                 _row("**alarm → close command, idle**", report.idle),
-                _row("bare broker round trip, under load", load_rt),
+                _row("bare broker round trip, under load, back to back", load_rt),
+                _row(f"bare broker round trip, under load, one every {gap} like the alarms", load_paced),
                 _row("**alarm → close command, under load**", report.loaded),
             ],
         ),
+        "",
+        "The bare round trip is an echo process answering through the same broker: the floor of any device →"
+        " service → device path. It is measured twice: back to back (each ping sent as soon as the last pong"
+        f" arrives) and paced like the alarms (a {gap} pause after each). The pause matters on this virtual"
+        " machine: between messages its processes sleep and its virtual CPUs halt, and waking them costs time a"
+        " tight loop never pays. Paced is the like-for-like floor for the alarms, which are paced.",
         "",
         markdown_table(
             ["telemetry load", "value"],
@@ -778,16 +804,17 @@ def render_report(report: AlertingReport) -> str:
         ),
         "",
         markdown_table(
-            ["target: p99 within 3× the bare round trip", "p99", "3× bare p99 (idle)", "verdict"],
+            ["target: p99 within 3× the bare round trip", "alarm → close p99", "3× bare p99", "verdict"],
             [
-                ["idle", format_ms(report.idle.p99), format_ms(3 * rt.p99), _verdict(target_idle)],
-                ["under load", format_ms(report.loaded.p99), format_ms(3 * rt.p99), _verdict(target_loaded)],
-                [
-                    "under load, against the bare round trip under the same load",
-                    format_ms(report.loaded.p99),
-                    f"{format_ms(3 * load_rt.p99)} (3× loaded bare p99)",
-                    _verdict(report.loaded.p99 <= 3 * load_rt.p99),
-                ],
+                _target_row("idle, against the paced bare round trip", report.idle, paced),
+                _target_row("idle, against the back-to-back bare round trip", report.idle, rt),
+                _target_row(
+                    "under load, against the paced bare round trip under the same load", report.loaded, load_paced
+                ),
+                _target_row(
+                    "under load, against the back-to-back bare round trip under the same load", report.loaded, load_rt
+                ),
+                _target_row("under load, against the back-to-back bare round trip at idle", report.loaded, rt),
             ],
         ),
         "",
@@ -896,7 +923,8 @@ def summary_lines(report: AlertingReport) -> list[str]:
     """A few lines for the terminal."""
     s = report.storm
     return [
-        f"bare RTT p99 {format_ms(report.round_trip.latency.p99)};"
+        f"bare RTT p99 {format_ms(report.round_trip.latency.p99)} back to back,"
+        f" {format_ms(report.round_trip_paced.latency.p99)} paced;"
         f" alarm->close p99 idle {format_ms(report.idle.p99)}, under load {format_ms(report.loaded.p99)}",
         f"storm {s.households}: commanded {s.valves_commanded} in {_seconds(s.commands_drained_s)},"
         f" stored {s.incidents} ({s.duplicate_incidents} duplicates) in {_seconds(s.incidents_drained_s)},"
@@ -1093,6 +1121,7 @@ def parse_options(argv: Sequence[str]) -> Options:
     parser.add_argument("--storm", type=int, default=defaults.storm, help="households in the alarm storm")
     parser.add_argument("--storm-window-s", type=float, default=defaults.storm_window_s)
     parser.add_argument("--alarms", type=int, default=defaults.alarms, help="alarms timed one at a time, per stage")
+    parser.add_argument("--gap-s", type=float, default=defaults.gap_s, help="pause after each timed alarm's command")
     parser.add_argument("--telemetry-rate", type=float, default=defaults.telemetry_rate, help="msg/s beside it")
     parser.add_argument("--telemetry-publishers", type=int, default=defaults.telemetry_publishers)
     parser.add_argument("--round-trips", type=int, default=defaults.round_trips)
@@ -1109,6 +1138,7 @@ def parse_options(argv: Sequence[str]) -> Options:
         storm=args.storm,
         storm_window_s=args.storm_window_s,
         alarms=args.alarms,
+        gap_s=args.gap_s,
         telemetry_rate=args.telemetry_rate,
         telemetry_publishers=args.telemetry_publishers,
         round_trips=args.round_trips,
