@@ -791,8 +791,8 @@ def render_report(report: AlertingReport) -> str:
         "The bare round trip is an echo process answering through the same broker: the floor of any device →"
         " service → device path. It is measured twice: back to back (each ping sent as soon as the last pong"
         f" arrives) and paced like the alarms (a {gap} pause after each). The pause matters on this virtual"
-        " machine: between messages its processes sleep and its virtual CPUs halt, and waking them costs time a"
-        " tight loop never pays. Paced is the like-for-like floor for the alarms, which are paced.",
+        " machine: between messages its processes sleep (and, presumably, its virtual CPUs halt), so each message"
+        " pays a wake-up a tight loop never pays. Paced is the like-for-like floor for the alarms, which are paced.",
         "",
         markdown_table(
             ["telemetry load", "value"],
