@@ -262,25 +262,39 @@ class _Records:
         self.records.append(record)
 
 
-def test_a_backed_up_inbound_queue_raises_no_false_valve_not_closed_but_a_silent_valve_still_escalates() -> None:
-    """Command timers are judged at the time up to which the engine has read the broker's queue for it."""
-    now = [0.0]
-    published: list[tuple[str, bytes]] = []
-    records = _Records()
+def _probed_engine(
+    settings: AlertingSettings,
+    households: tuple[int, ...],
+    now: list[float],
+    published: list[tuple[str, bytes]],
+    records: _Records,
+) -> tuple[Engine, Topics]:
+    """An engine with an inbound-lag probe on a test clock, wired to households with alarm A-n and valve V-n."""
     keeper = DirectoryKeeper("postgresql://unused", refresh_s=60)
     keeper.current = Directory(
-        alarms=MappingProxyType({f"A-{n}": AlarmEntry(f"A-{n}", n, (f"V-{n}",), 10.0, 25.0) for n in (1, 2)}),
-        valves=MappingProxyType({f"V-{n}": ValveEntry(f"V-{n}", n, 30.0) for n in (1, 2)}),
+        alarms=MappingProxyType({f"A-{n}": AlarmEntry(f"A-{n}", n, (f"V-{n}",), 10.0, 25.0) for n in households}),
+        valves=MappingProxyType({f"V-{n}": ValveEntry(f"V-{n}", n, 30.0) for n in households}),
     )
     topics = Topics("gg-test")
     engine = Engine(
-        AlertingSettings(resident_sms_hold_s=10.0, max_inbound_lag_s=30.0),
+        settings,
         topics=topics,
         directory=keeper,
         recorder=records,  # type: ignore[arg-type]
         publish=lambda topic, payload: published.append((topic, payload)),
         monotonic=lambda: now[0],
         probe_topic="gasguard-probe/test",
+    )
+    return engine, topics
+
+
+def test_a_backed_up_inbound_queue_raises_no_false_valve_not_closed_but_a_silent_valve_still_escalates() -> None:
+    """Command timers are judged at the time up to which the engine has read the broker's queue for it."""
+    now = [0.0]
+    published: list[tuple[str, bytes]] = []
+    records = _Records()
+    engine, topics = _probed_engine(
+        AlertingSettings(resident_sms_hold_s=10.0, max_inbound_lag_s=30.0), (1, 2), now, published, records
     )
     for n in (1, 2):
         engine.on_message(topics.device(f"A-{n}", Channel.EVENT), alarm())
@@ -311,20 +325,8 @@ def test_while_a_backlog_is_still_flowing_in_timers_wait_for_it_longer() -> None
     now = [0.0]
     published: list[tuple[str, bytes]] = []
     records = _Records()
-    keeper = DirectoryKeeper("postgresql://unused", refresh_s=60)
-    keeper.current = Directory(
-        alarms=MappingProxyType({"A-1": AlarmEntry("A-1", 1, ("V-1",), 10.0, 25.0)}),
-        valves=MappingProxyType({"V-1": ValveEntry("V-1", 1, 30.0)}),
-    )
-    topics = Topics("gg-test")
-    engine = Engine(
-        AlertingSettings(max_inbound_lag_s=30.0, max_backlog_s=600.0),
-        topics=topics,
-        directory=keeper,
-        recorder=records,  # type: ignore[arg-type]
-        publish=lambda topic, payload: published.append((topic, payload)),
-        monotonic=lambda: now[0],
-        probe_topic="gasguard-probe/test",
+    engine, topics = _probed_engine(
+        AlertingSettings(max_inbound_lag_s=30.0, max_backlog_s=600.0), (1,), now, published, records
     )
     engine.on_message(topics.device("A-1", Channel.EVENT), alarm())
     for t in range(1, 300, 5):  # other households' old messages keep arriving; the probe is not back yet
